@@ -1,0 +1,1 @@
+"""Python client library, CLI and the generated gRPC stubs (internvl_serve.clients)."""

@@ -1,0 +1,24 @@
+"""`internvl-serve` command line: one subcommand per job."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="internvl-serve", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    from internvl_serve.tiny_model.cli import add_make_tiny_model
+
+    add_make_tiny_model(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
