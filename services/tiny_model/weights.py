@@ -10,45 +10,12 @@ from __future__ import annotations
 import json
 import math
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-# Key layouts: "hub" is what the OpenGVLab -hf releases carry; "legacy" is what transformers 5.23's
-# save_pretrained writes. Loaders must accept both.
-_LEGACY_PREFIXES = [
-    ("model.vision_tower.", "vision_tower."),
-    ("model.multi_modal_projector.", "multi_modal_projector."),
-    ("model.language_model.", "language_model.model."),
-    ("lm_head.", "language_model.lm_head."),
-]
-KEY_LAYOUTS = ("hub", "legacy")
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str  # module name in transformers' InternVLForConditionalGeneration (= the hub layout)
-    shape: tuple[int, ...]
-
-
-def parameter_specs(config) -> list[TensorSpec]:
-    """Every parameter of the transformers model for `config`, without allocating memory."""
-    from transformers import InternVLForConditionalGeneration
-
-    with torch.device("meta"):
-        model = InternVLForConditionalGeneration(config)
-    return [TensorSpec(name, tuple(p.shape)) for name, p in model.named_parameters()]
-
-
-def to_layout(name: str, layout: str) -> str:
-    if layout == "hub":
-        return name
-    for new, old in _LEGACY_PREFIXES:
-        if name.startswith(new):
-            return old + name[len(new) :]
-    raise ValueError(f"no legacy key for {name}")
+from internvl_serve.checkpoint.layout import KEY_LAYOUTS, TensorSpec, parameter_specs, to_layout
 
 
 def random_tensor(spec: TensorSpec, seed: int, device: str = "cpu") -> torch.Tensor:

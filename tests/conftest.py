@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny checkpoints built once per session (both key layouts) and test media."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+# Only tests/ goes on sys.path, never the repository root: the root holds a folder named `kernels`, and
+# Hugging Face's `kernels` package has that name (transformers probes for it).
+sys.path.insert(0, str(Path(__file__).parent))
+
+from internvl_testing.media import noise_image, write_video  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from internvl_serve.tiny_model.writer import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-hub"), "tiny", seed=0, layout="hub")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_legacy_dir(tmp_path_factory) -> Path:
+    from internvl_serve.tiny_model.writer import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-legacy"), "tiny", seed=0, layout="legacy")
+
+
+@pytest.fixture(scope="session")
+def oracle(tiny_model_dir):
+    from internvl_serve.oracle import Oracle
+
+    return Oracle(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def media_dir(tmp_path_factory) -> Path:
+    """Images and videos on disk, as the model card's examples use (local files instead of urls)."""
+    root = tmp_path_factory.mktemp("media")
+    for name, (w, h, seed) in {"view": (200, 120, 1), "liberty": (90, 300, 2), "bridge": (64, 64, 3)}.items():
+        noise_image(w, h, seed).save(root / f"{name}.jpg", quality=92)
+    write_video(root / "tennis.mp4", frames=20, seed=7)
+    return root
