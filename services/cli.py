@@ -9,15 +9,23 @@ import sys
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="internvl-serve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    from internvl_serve.oracle.cli import add_oracle
     from internvl_serve.tiny_model.cli import add_make_tiny_model
 
     add_make_tiny_model(sub)
+    add_oracle(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.run(args) or 0)
+    from internvl_serve.checkpoint import CheckpointError
+
+    try:
+        return int(args.run(args) or 0)
+    except CheckpointError as exc:  # a person can act on these: no traceback
+        print(f"internvl-serve: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Install everything the tests need (redis-server, the venv with the right torch) and run the whole suite.
+# Extra arguments go to pytest, e.g. `scripts/test.sh -k loader`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "test: installing redis-server (Debian package)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  else
+    echo "test: redis-server is not on PATH; install it (Debian/Ubuntu: sudo apt-get install redis-server)" >&2
+    exit 2
+  fi
+fi
+
+bash scripts/install.sh
+# The tests start their own redis-server on free ports; nothing else needs to run.
+exec .venv/bin/pytest "$@"
