@@ -1,0 +1,1 @@
+"""What the encoder and decoder services share: errors, gRPC bootstrap, config helpers, cache, telemetry."""
