@@ -183,3 +183,17 @@ def assign(module: torch.nn.Module, state: dict[str, torch.Tensor], prefix: str)
             f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}"
         )
     module.load_state_dict(sub, strict=True)
+
+
+def fingerprint(state: dict[str, torch.Tensor], *extra: object) -> str:
+    """A short hex digest of tensor names, shapes, dtypes and bytes (plus `extra`), e.g. for cache keys."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=8)
+    for item in extra:
+        h.update(repr(item).encode())
+    for name in sorted(state):
+        t = state[name].detach().contiguous().cpu()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

@@ -1,0 +1,127 @@
+"""What every gRPC server of ours shares: channel options, the error interceptor, health, reflection,
+and a graceful stop on SIGTERM/SIGINT (DESIGN.md section 7.3-7.4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Iterable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from internvl_serve.common.errors import ServiceError, status_for
+from internvl_serve.common.logs import log_event
+
+log = logging.getLogger("internvl_serve.grpc")
+
+MiB = 1024 * 1024
+
+
+def server_options(max_receive_bytes: int, max_send_bytes: int) -> list[tuple[str, int]]:
+    return [
+        # Requests carry encoded images/videos (default limits 32 MiB per image, 256 MiB per video).
+        ("grpc.max_receive_message_length", max_receive_bytes),
+        # Encode replies with inline embeddings are large (an InternVL3-14B image: ~34 MB in bf16).
+        ("grpc.max_send_message_length", max_send_bytes),
+        # Let idle clients keep connections open with keepalive pings every 20 s or more.
+        ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # Our own keepalive finds dead peers (for example a client that vanished mid-stream) in ~1.5 min.
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+    ]
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
+    code, message = status_for(exc)
+    if not isinstance(exc, ServiceError):
+        log_event(log, "rpc_internal_error", logging.ERROR, method=method, error=repr(exc)[:500])
+        log.exception("unexpected error in %s", method, exc_info=exc)
+    await context.abort(code, message)
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Turns domain errors into their status codes; anything unexpected into INTERNAL without details."""
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            async def unary_unary(request, context):
+                try:
+                    return await inner(request, context)
+                except (asyncio.CancelledError, grpc.aio.AbortError):
+                    raise
+                except Exception as exc:
+                    await _abort(context, exc, method)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.unary_stream is not None:
+            inner_stream = handler.unary_stream
+
+            async def unary_stream(request, context):
+                try:
+                    async for response in inner_stream(request, context):
+                        yield response
+                except (asyncio.CancelledError, grpc.aio.AbortError):
+                    raise
+                except Exception as exc:
+                    await _abort(context, exc, method)
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream, handler.request_deserializer, handler.response_serializer
+            )
+        return handler
+
+
+class HealthReporter:
+    """grpc.health.v1.Health for "" and each service name; NOT_SERVING until mark_serving()."""
+
+    def __init__(self, server: grpc.aio.Server, service_names: Iterable[str]):
+        self.servicer = health.aio.HealthServicer()
+        self.names = ["", *service_names]
+        health_pb2_grpc.add_HealthServicer_to_server(self.servicer, server)
+
+    async def set(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in self.names:
+            await self.servicer.set(name, status)
+
+
+def create_server(
+    service_full_names: list[str], *, max_receive_bytes: int, max_send_bytes: int
+) -> tuple[grpc.aio.Server, HealthReporter]:
+    server = grpc.aio.server(
+        interceptors=[ErrorInterceptor()], options=server_options(max_receive_bytes, max_send_bytes)
+    )
+    reporter = HealthReporter(server, service_full_names)
+    reflection.enable_server_reflection([*service_full_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    return server, reporter
+
+
+def bind(server: grpc.aio.Server, host: str, port: int) -> int:
+    """Bind an insecure port; port 0 picks a free one. Returns the bound port."""
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot listen on {host}:{port} (in use or not permitted)")
+    return bound
+
+
+def install_stop_signals(stop: asyncio.Event) -> None:
+    """SIGTERM and SIGINT set `stop`; the serve loop then drains and stops."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread (tests run servers in-process)
+            pass

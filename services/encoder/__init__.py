@@ -1,0 +1,1 @@
+"""The vision encoder service: images and video frames in, projected embeddings out."""

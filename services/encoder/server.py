@@ -1,0 +1,57 @@
+"""`internvl-serve encoder`: load, warm up, serve until SIGTERM, drain, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from internvl_serve.clients.pb.internvl.v1 import vision_encoder_service_pb2_grpc as pb_grpc
+from internvl_serve.common.grpc_server import bind, create_server, install_stop_signals
+from internvl_serve.common.logs import log_event
+from internvl_serve.encoder.config import EncoderConfig
+from internvl_serve.encoder.engine import VisionEncoder
+from internvl_serve.encoder.servicer import SERVICE_NAME, EncoderServicer
+
+log = logging.getLogger("internvl_serve.encoder")
+
+
+class EncoderServer:
+    """The running service; tests drive it in-process (start / stop), the CLI runs it until a signal."""
+
+    def __init__(self, config: EncoderConfig):
+        self.config = config
+        self.draining = asyncio.Event()
+        self.server, self.health = create_server(
+            [SERVICE_NAME], max_receive_bytes=config.max_receive_bytes, max_send_bytes=config.max_send_bytes
+        )
+        self.port = bind(self.server, config.host, config.port)
+        self.servicer = EncoderServicer(self.draining)
+        pb_grpc.add_VisionEncoderServiceServicer_to_server(self.servicer, self.server)
+        self.engine: VisionEncoder | None = None
+
+    async def start(self) -> None:
+        await self.health.set(False)
+        await self.server.start()  # health answers NOT_SERVING while the model loads
+        loop = asyncio.get_running_loop()
+        self.engine = await loop.run_in_executor(None, VisionEncoder, self.config)
+        await self.engine.start()  # warm-up forward
+        self.servicer.engine = self.engine
+        await self.health.set(True)
+        log_event(log, "encoder_serving", host=self.config.host, port=self.port)
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        self.draining.set()
+        await self.health.set(False)
+        await self.server.stop(self.config.grace_s if grace_s is None else grace_s)
+        if self.engine is not None:
+            await self.engine.close()
+        log_event(log, "encoder_stopped", port=self.port)
+
+
+async def run_encoder(config: EncoderConfig) -> None:
+    server = EncoderServer(config)
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    await server.start()
+    await stop.wait()
+    await server.stop()

@@ -1,0 +1,101 @@
+"""Redis down, slow or full never fails a request: the encoder computes, answers, and counts the error."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from internvl_testing.encode_requests import embeddings, image, request
+from internvl_testing.encoder_server import encoder_config, encoder_stub, start_encoder
+from internvl_testing.media import image_bytes, noise_image
+from internvl_testing.redis_server import RedisServer
+
+
+def _png(seed: int) -> bytes:
+    return image_bytes(noise_image(90, 60, seed), "PNG")
+
+
+@pytest.fixture
+def own_redis():
+    server = RedisServer("--enable-debug-command", "yes")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def started(tiny_model_dir):
+    made = []
+
+    def start(redis_url, **overrides):
+        thread = start_encoder(encoder_config(tiny_model_dir, redis_url, **overrides))
+        channel, stub = encoder_stub(thread.address)
+        made.append((thread, channel))
+        return thread, stub
+
+    yield start
+    for thread, channel in made:
+        channel.close()
+        thread.close()
+
+
+def test_redis_killed_mid_test(started, own_redis):
+    thread, stub = started(own_redis.url)
+    engine = thread.server.engine
+    warm = stub.Encode(request(image(_png(1)))).media[0]
+    assert stub.Encode(request(image(_png(1)))).media[0].cache_hit
+    own_redis.stop()
+    after = stub.Encode(request(image(_png(1)))).media[0]
+    assert not after.cache_hit and (embeddings(after) == embeddings(warm)).all()
+    assert after.ttl_seconds == 0, "not stored: the id cannot be reused"
+    assert engine.cache.stats.errors >= 1
+    started_at = time.monotonic()
+    for seed in range(2, 6):  # the back-off skips Redis instead of paying a timeout per request
+        assert stub.Encode(request(image(_png(seed)))).media[0].num_tokens > 0
+    assert engine.cache.stats.skipped >= 1 or time.monotonic() - started_at < 2.0
+
+
+def test_redis_never_reachable(started):
+    thread, stub = started("redis://127.0.0.1:1/0")  # nothing listens on port 1
+    item = stub.Encode(request(image(_png(7)))).media[0]
+    assert item.num_tokens > 0 and not item.cache_hit
+    assert thread.server.engine.cache.stats.errors >= 1
+
+
+def test_slow_redis_is_bounded_by_the_timeout(started, own_redis):
+    thread, stub = started(own_redis.url)
+    sleeper = threading.Thread(target=lambda: own_redis.client(timeout_s=10).execute_command("DEBUG", "SLEEP", "3"))
+    sleeper.start()
+    time.sleep(0.2)  # Redis is now blocked for ~3 s
+    t0 = time.monotonic()
+    item = stub.Encode(request(image(_png(8)))).media[0]
+    elapsed = time.monotonic() - t0
+    sleeper.join()
+    assert item.num_tokens > 0
+    assert thread.server.engine.cache.stats.errors >= 1
+    assert elapsed < 2.5, f"the request waited {elapsed:.1f}s on a blocked Redis"
+
+
+def test_full_redis_is_not_an_error_for_the_client(started):
+    full = RedisServer("--maxmemory", "1mb", "--maxmemory-policy", "noeviction")
+    try:
+        filler = full.client()
+        for i in range(200):  # fill the 1 MB budget
+            try:
+                filler.set(f"fill:{i}", b"x" * 20_000)
+            except Exception:
+                break
+        thread, stub = started(full.url)
+        item = stub.Encode(request(image(_png(9)))).media[0]
+        assert item.num_tokens > 0 and item.ttl_seconds == 0
+        assert "OOM" in thread.server.engine.cache.stats.last_error or thread.server.engine.cache.stats.errors >= 1
+    finally:
+        full.stop()
+
+
+def test_no_redis_configured(started):
+    thread, stub = started(None)
+    first = stub.Encode(request(image(_png(10)))).media[0]
+    second = stub.Encode(request(image(_png(10)))).media[0]
+    assert not first.cache_hit and not second.cache_hit and first.ttl_seconds == 0
