@@ -57,6 +57,12 @@ def add_encoder_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--video-workers", type=int, default=2, help="processes that decode videos (crash-contained)")
     p.add_argument("--cache-ttl-s", type=int, default=86_400, help="TTL of every cache entry")
     p.add_argument("--redis-timeout-s", type=float, default=0.5, help="bound on each Redis connect and command")
+    p.add_argument("--max-image-pixels", type=int, default=64_000_000, help="decompression-bomb guard (header check)")
+    p.add_argument("--max-image-side", type=int, default=32_768, help="longest accepted image side in pixels")
+    p.add_argument("--max-image-mb", type=float, default=32, help="largest accepted image file")
+    p.add_argument("--max-video-mb", type=float, default=256, help="largest accepted video file")
+    p.add_argument("--max-num-frames", type=int, default=32, help="most frames one request may sample from a video")
+    p.add_argument("--video-decode-timeout-s", type=float, default=60.0, help="a slower video decode is killed")
     p.add_argument("--grace-s", type=float, default=10.0, help="SIGTERM: time in-flight requests get to finish")
     p.add_argument("--log-level", default=env("INTERNVL_LOG_LEVEL", "INFO"))
 
@@ -77,6 +83,14 @@ def encoder_config_from_args(args: argparse.Namespace) -> EncoderConfig:
             ttl_s=args.cache_ttl_s,
             connect_timeout_s=args.redis_timeout_s,
             op_timeout_s=args.redis_timeout_s,
+        ),
+        limits=MediaLimits(
+            max_image_pixels=args.max_image_pixels,
+            max_image_side=args.max_image_side,
+            max_image_bytes=int(args.max_image_mb * MiB),
+            max_video_bytes=int(args.max_video_mb * MiB),
+            max_num_frames=args.max_num_frames,
+            decode_timeout_s=args.video_decode_timeout_s,
         ),
         grace_s=args.grace_s,
         log_level=args.log_level,

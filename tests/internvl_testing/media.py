@@ -55,6 +55,18 @@ def write_video(
     return path
 
 
+def edited_checkpoint(src: Path, dst: Path, file_name: str, **changes) -> Path:
+    """A copy of a checkpoint's processor and tokenizer files (no weights) with one config file edited."""
+    import json
+    import shutil
+
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.safetensors", "*.index.json"))
+    cfg = json.loads((dst / file_name).read_text())
+    cfg.update(changes)
+    (dst / file_name).write_text(json.dumps(cfg))
+    return dst
+
+
 # --- images in every accepted format and mode ------------------------------------------------------------
 
 

@@ -9,7 +9,6 @@ GotOcr2ImageProcessor's torchvision backend (see transforms.py).
 from __future__ import annotations
 
 import io
-import struct
 
 import numpy as np
 import torch
@@ -22,9 +21,6 @@ from internvl_serve.encoder.media.transforms import rescale_and_normalize, resiz
 # Pillow format ids we open; anything else (PDF, EPS -> Ghostscript, PSD, ICO, ...) is never even probed.
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 _ACCEPTED = "JPEG, PNG, WebP, GIF, BMP or TIFF"
-
-
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error)
 
 
 def _pixels(count: int) -> str:
@@ -45,7 +41,9 @@ def _open(data: bytes, limits: MediaLimits) -> Image.Image:
         raise _bomb(exc, limits) from None
     except Image.UnidentifiedImageError:
         raise InvalidMedia(f"the bytes are not an image this service reads; send {_ACCEPTED}") from None
-    except _DECODE_ERRORS as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Pillow plugins raise many types on hostile headers
         raise InvalidMedia(f"image header is corrupt ({_reason(exc)}); send a valid {_ACCEPTED} file") from None
 
 
@@ -98,11 +96,11 @@ def decode_image(data: bytes, limits: MediaLimits, *, do_convert_rgb: bool = Tru
         _check_dimensions(image, limits)
         image.load()
         return _to_rgb(image, do_convert_rgb)
-    except InvalidMedia:
+    except (InvalidMedia, MemoryError):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise _bomb(exc, limits) from None
-    except _DECODE_ERRORS as exc:
+    except Exception as exc:  # noqa: BLE001 - truncated data, bad EXIF, broken chunks: all the client's file
         raise InvalidMedia(
             f"image could not be decoded ({_reason(exc)}); the file is truncated or corrupt: send a complete "
             f"{_ACCEPTED} file"

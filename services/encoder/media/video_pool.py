@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from internvl_serve.common.errors import InvalidMedia
+from internvl_serve.common.errors import InvalidMedia, Unavailable
 from internvl_serve.encoder.media import wire
 
 log = logging.getLogger("internvl_serve.encoder.media")
@@ -46,7 +46,11 @@ class RawVideo:
 
 
 class WorkerCrashed(Exception):
-    pass
+    """The worker answered with something the protocol does not allow."""
+
+
+# How a worker fails (as opposed to rejecting a file): it hangs, dies, or talks nonsense.
+_WORKER_FAILURES = (wire.WireTimeout, wire.WireClosed, WorkerCrashed, ValueError, KeyError, TypeError)
 
 
 class _Worker:
@@ -116,7 +120,7 @@ class VideoWorkerPool:
         self._lock = threading.Lock()
         self._closed = False
         self._all: set[_Worker] = set()
-        self.replaced = 0  # workers killed and replaced after a crash or a timeout
+        self.replaced = 0  # workers replaced after a crash, a timeout, or dying while idle
         for _ in range(workers):
             self._idle.put(self._spawn())
 
@@ -131,8 +135,9 @@ class VideoWorkerPool:
         with self._lock:
             self._all.discard(worker)
             closed = self._closed
+            if not closed:
+                self.replaced += 1
         if not closed:
-            self.replaced += 1
             self._idle.put(self._spawn())
 
     def run(
@@ -154,33 +159,35 @@ class VideoWorkerPool:
         deadline = time.monotonic() + timeout_s
         try:
             result = _exchange(worker, data, limits, choose_indices, deadline, max_frame_bytes)
-        except wire.WireTimeout:
-            self._retire(worker)
-            log.warning("video worker timed out after %.1f s; replaced", timeout_s)
-            raise InvalidMedia(
-                f"video could not be decoded within {timeout_s:g} s; the file is corrupt, unsupported or too "
-                "long to decode: send a shorter clip"
-            ) from None
-        except (wire.WireClosed, WorkerCrashed, ValueError, KeyError, TypeError):
-            how = worker.exit_description()
-            self._retire(worker)
-            log.warning("video worker %s during a decode; replaced", how)
-            raise InvalidMedia(
-                f"video could not be decoded: the decoder crashed ({how}); the file is corrupt or unsupported"
-            ) from None
         except InvalidMedia:
             self._give_back(worker)  # the worker rejected the file and is ready for the next one
             raise
+        except _WORKER_FAILURES as exc:
+            timed_out = isinstance(exc, wire.WireTimeout)
+            how = f"timed out after {timeout_s:g} s" if timed_out else worker.exit_description()
+            self._retire(worker)
+            log.warning("video worker %s during a decode; replaced", how)
+            raise self._failure(timed_out, how, timeout_s) from None
         except BaseException:
             self._retire(worker)  # e.g. KeyboardInterrupt mid-exchange: the worker's state is unknown
             raise
         self._give_back(worker)
         return result
 
+    def _failure(self, timed_out: bool, how: str, timeout_s: float) -> Exception:
+        if self._closed:  # close() killed the worker under this request
+            return Unavailable("the video decoder is shutting down; retry on another replica")
+        if timed_out:
+            return InvalidMedia(
+                f"video could not be decoded within {timeout_s:g} s; the file is corrupt, unsupported or too "
+                "long to decode: send a shorter clip"
+            )
+        return InvalidMedia(f"video could not be decoded: the decoder crashed ({how}); the file is corrupt or unsupported")
+
     def _borrow(self) -> _Worker:
         while True:
             if self._closed:
-                raise RuntimeError("the video decoder is closed")
+                raise Unavailable("the video decoder is shutting down; retry on another replica")
             try:
                 worker = self._idle.get(timeout=0.5)
             except queue.Empty:

@@ -140,17 +140,16 @@ def decode(av, data: bytes, indices: list[int], limits: dict[str, Any]) -> tuple
     return count, kept
 
 
-def _serve_one(av, rfd: int, wfd: int, header: dict[str, Any], data: bytearray, test_hooks: bool) -> None:
-    if test_hooks and bytes(data[: len(_TEST_CRASH)]) == _TEST_CRASH:
+def _serve_one(av, rfd: int, wfd: int, header: dict[str, Any], data: bytes, test_hooks: bool) -> None:
+    if test_hooks and data.startswith(_TEST_CRASH):
         import signal
 
         os.kill(os.getpid(), signal.SIGSEGV)  # what a decoder crash looks like to the server
-    if test_hooks and bytes(data[: len(_TEST_HANG)]) == _TEST_HANG:
+    if test_hooks and data.startswith(_TEST_HANG):
         import time
 
         time.sleep(3600)
     limits = header["limits"]
-    data = bytes(data)
     info = probe(av, data, limits)
     if info["total"] == 0:
         raise Rejected("video has no frames; send a file with at least one video frame")
@@ -183,9 +182,11 @@ def main(argv: list[str]) -> int:
     wire.send(wfd, {"stage": "ready", "pid": os.getpid()})
     while True:
         try:
-            header, data = wire.receive(rfd, max_payload=MAX_REQUEST_BYTES)
+            header, received = wire.receive(rfd, max_payload=MAX_REQUEST_BYTES)
         except wire.WireClosed:
             return 0  # the server closed the pipe: shut down
+        data = bytes(received)  # BytesIO shares a bytes object instead of copying it on every open
+        del received
         try:
             _serve_one(av, rfd, wfd, header, data, test_hooks)
         except Rejected as exc:

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import threading
+import time
 
 import numpy as np
 import pytest
 from internvl_testing.media import audio_only, image_bytes, noise_image, write_video, zero_frame_video
 
-from internvl_serve.common.errors import InvalidMedia, ResourceExhausted
+from internvl_serve.common.errors import InvalidMedia, ResourceExhausted, Unavailable
 from internvl_serve.encoder.media.config import MediaLimits
 from internvl_serve.encoder.media.video import VideoDecoder
 
@@ -125,8 +128,6 @@ def test_hooks_are_unreachable_without_the_flag(fault_pp, clips):
 
 
 def test_a_worker_that_died_while_idle_is_replaced_without_failing_a_request(fault_pp, clips):
-    import signal
-
     with VideoDecoder(fault_pp[1], MediaLimits(), workers=1) as decoder:
         _still_works(decoder, clips)
         (worker,) = decoder._pool._all  # white-box: the one worker process
@@ -136,9 +137,27 @@ def test_a_worker_that_died_while_idle_is_replaced_without_failing_a_request(fau
         assert decoder.workers_replaced == 1
 
 
+def test_closing_under_a_running_decode_answers_unavailable(fault_pp):
+    decoder = VideoDecoder(fault_pp[1], MediaLimits(decode_timeout_s=30), workers=1, enable_test_hooks=True)
+    outcome: list[BaseException] = []
+
+    def run():
+        try:
+            decoder.decode_sync(HANG, 4)
+        except BaseException as exc:  # noqa: BLE001 - recorded for the assertion below
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    time.sleep(1.0)  # the request is inside the (hanging) worker by now
+    decoder.close()
+    thread.join(timeout=10)
+    assert len(outcome) == 1 and isinstance(outcome[0], Unavailable), outcome
+
+
 def test_closed_decoder_refuses_work(fault_pp, clips):
     decoder = VideoDecoder(fault_pp[1], MediaLimits(), workers=1)
     decoder.close()
     decoder.close()  # idempotent
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(Unavailable, match="shutting down"):
         decoder.decode_sync(clips["good"], 4)
