@@ -70,8 +70,8 @@ class GenerationServiceServicer:
         """Generates the whole reply and returns it in one response. Errors:
         INVALID_ARGUMENT for malformed messages, sampling parameters or media, or
         a prompt that does not fit the context; NOT_FOUND for an unknown or
-        expired media_id; RESOURCE_EXHAUSTED for too many or too large media
-        items or an overloaded server; UNAVAILABLE while the server drains or
+        expired media_id; RESOURCE_EXHAUSTED for too large media items
+        or an overloaded server; UNAVAILABLE while the server drains or
         when no vision encoder is reachable.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

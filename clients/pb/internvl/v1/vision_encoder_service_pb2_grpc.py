@@ -56,7 +56,7 @@ class VisionEncoderServiceServicer:
         cache where it can) and returns one EncodedMedia per item, in request
         order. Errors: INVALID_ARGUMENT for undecodable or malformed media,
         NOT_FOUND for an unknown or expired media_id, RESOURCE_EXHAUSTED for an
-        oversized request or an overloaded encoder, UNAVAILABLE while draining.
+        oversized item or message or an overloaded encoder, UNAVAILABLE while draining.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

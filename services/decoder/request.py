@@ -1,0 +1,64 @@
+"""What crosses the engine's public boundary: a generation request, its streamed deltas, its result."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from internvl_serve.decoder.media import MediaEmbedding
+from internvl_serve.decoder.sampling_params import SamplingParams
+
+
+class FinishReason(enum.Enum):
+    STOP = "stop"  # an eos token or a stop string
+    LENGTH = "length"  # max_new_tokens, or the sequence reached the context length
+
+
+@dataclass
+class GenerationRequest:
+    """One chat to answer.
+
+    `messages` are Hugging Face chat messages: {"role": "system"|"user"|"assistant", "content": str or a
+    list of {"type": "text", "text": ...} / {"type": "image"} / {"type": "video"} parts}. Media parts need
+    no payload here: `media` holds the encoder's answer for each media part, in order of appearance.
+    `deadline` is a time.monotonic() instant (None: no deadline).
+    """
+
+    messages: list[dict[str, Any]]
+    media: list[MediaEmbedding] = field(default_factory=list)
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    request_id: str = ""
+    deadline: float | None = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    input_tokens: int  # prompt tokens after the chat template, media placeholders included
+    output_tokens: int  # generated tokens, eos included
+    image_tokens: int  # prompt positions filled with media embeddings
+    media_cache_hits: int = 0  # media whose embeddings came from the encoder's cache
+
+
+@dataclass(frozen=True)
+class GenerationDelta:
+    """New text and token ids since the previous delta; the last one has finish_reason and usage."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: FinishReason | None = None
+    usage: Usage | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """The whole answer: what the deltas of a stream concatenate to."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: FinishReason
+    usage: Usage

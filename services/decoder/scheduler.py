@@ -1,0 +1,158 @@
+"""Scheduler: decides what runs each step. It moves sequences between queues and asks the BlockManager
+for blocks; it never touches tensors.
+
+Policy (DESIGN.md section 6): running decodes first (oldest first), then prefill chunks of running
+sequences, then admissions from the waiting queue, all within `max_tokens_per_step` tokens (chunked
+prefill, so a long prompt never stalls the running streams). When a decode needs a block and none is
+free, the most recently admitted running sequence is preempted: its blocks are freed and it goes back to
+the front of the waiting queue, to be recomputed (prompt + output so far) when it is admitted again.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from internvl_serve.common.errors import ResourceExhausted
+from internvl_serve.decoder.block_manager import BlockManager
+from internvl_serve.decoder.request import FinishReason
+from internvl_serve.decoder.sequence import Sequence, SequenceStatus
+
+
+@dataclass(frozen=True)
+class ScheduledChunk:
+    """Compute tokens [start, start + num_tokens) of `seq` this step."""
+
+    seq: Sequence
+    start: int
+    num_tokens: int
+
+    @property
+    def end(self) -> int:
+        return self.start + self.num_tokens
+
+    @property
+    def samples(self) -> bool:
+        """The chunk reaches the sequence's last token, so the step samples its next one."""
+        return self.end == self.seq.num_tokens
+
+
+@dataclass
+class SchedulerOutput:
+    chunks: list[ScheduledChunk] = field(default_factory=list)  # decodes first, then prefill chunks
+    preempted: list[Sequence] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(c.num_tokens for c in self.chunks)
+
+
+class Scheduler:
+    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_tokens_per_step: int, max_queue: int):
+        self.block_manager = block_manager
+        self.max_num_seqs = max_num_seqs
+        self.max_tokens_per_step = max_tokens_per_step
+        self.max_queue = max_queue
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []  # admission order, oldest first
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def add(self, seq: Sequence) -> None:
+        """Queue a new sequence; ResourceExhausted when the queue is full or it could never fit the cache."""
+        bm = self.block_manager
+        needed = bm.blocks_for(seq.num_prompt_tokens + seq.max_new_tokens - 1)  # the last token is never cached
+        if needed > bm.num_total_blocks:
+            raise ResourceExhausted(
+                f"the prompt ({seq.num_prompt_tokens} tokens) plus max_new_tokens ({seq.max_new_tokens}) needs "
+                f"{needed} KV-cache blocks of {bm.block_size} tokens, but the server's cache holds "
+                f"{bm.num_total_blocks}; send a shorter prompt or a smaller max_new_tokens"
+            )
+        if len(self.waiting) >= self.max_queue:
+            raise ResourceExhausted(
+                f"the server is overloaded ({len(self.waiting)} requests waiting, limit {self.max_queue}); "
+                "retry with backoff"
+            )
+        seq.status = SequenceStatus.WAITING
+        self.waiting.append(seq)
+
+    def finish(self, seq: Sequence, reason: FinishReason | None = None) -> None:
+        """Finished, cancelled or expired: leave the queues and free the blocks at once."""
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        self.block_manager.free(seq.seq_id)
+        seq.status = SequenceStatus.FINISHED
+        if reason is not None:
+            seq.finish_reason = reason
+
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        while True:
+            self._schedule_pass(out)
+            if out.chunks or not self.running:
+                return out
+            # Running sequences exist but none could get a block (prefills that grew into each other):
+            # preempt the newest and try again; each pass frees blocks, so this ends.
+            self._preempt(self.running[-1], out)
+
+    def _schedule_pass(self, out: SchedulerOutput) -> None:
+        bm = self.block_manager
+        budget = self.max_tokens_per_step
+        preempted_now: set[int] = set()
+        scheduled: set[int] = set()
+        for seq in [s for s in self.running if s.is_decoding]:
+            if seq.status is not SequenceStatus.RUNNING or budget == 0:
+                continue
+            while not bm.can_grow(seq.seq_id, seq.num_tokens):
+                victim = next((s for s in reversed(self.running) if s is not seq and s.seq_id not in scheduled), seq)
+                self._preempt(victim, out)
+                preempted_now.add(victim.seq_id)
+                if victim is seq:
+                    break
+            if seq.status is SequenceStatus.RUNNING:
+                budget -= self._take(seq, 1, out)
+                scheduled.add(seq.seq_id)
+        for seq in [s for s in self.running if not s.is_decoding]:
+            if budget == 0:
+                break
+            room = bm.max_tokens(seq.seq_id) - seq.num_computed_tokens
+            n = min(seq.num_uncomputed_tokens, budget, room)
+            if n > 0:
+                budget -= self._take(seq, n, out)
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[0]
+            # Admit only what can be held whole now, so a started prompt is not starved of blocks.
+            if seq.seq_id in preempted_now or not bm.can_grow(seq.seq_id, seq.num_tokens):
+                break
+            self.waiting.popleft()
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            budget -= self._take(seq, min(seq.num_uncomputed_tokens, budget), out)
+
+    def _take(self, seq: Sequence, n: int, out: SchedulerOutput) -> int:
+        start = seq.num_computed_tokens
+        self.block_manager.grow(seq.seq_id, start + n)
+        out.chunks.append(ScheduledChunk(seq, start, n))
+        return n
+
+    def _preempt(self, seq: Sequence, out: SchedulerOutput) -> None:
+        """Free the sequence's blocks and queue it first for recompute (output so far is kept)."""
+        self.running.remove(seq)
+        self.block_manager.free(seq.seq_id)
+        seq.num_computed_tokens = 0
+        seq.num_preemptions += 1
+        seq.status = SequenceStatus.WAITING
+        self.waiting.appendleft(seq)
+        out.chunks = [c for c in out.chunks if c.seq is not seq]
+        out.preempted.append(seq)

@@ -1,0 +1,92 @@
+"""Sequence: the state of one request as the scheduler and the model runner see it."""
+
+from __future__ import annotations
+
+import bisect
+import enum
+from dataclasses import dataclass, field
+
+import torch
+
+from internvl_serve.decoder.request import FinishReason
+from internvl_serve.decoder.sampling_params import SamplingParams
+
+
+class SequenceStatus(enum.Enum):
+    WAITING = "waiting"  # queued, or preempted and waiting to be recomputed
+    RUNNING = "running"  # admitted: holds KV blocks and is prefilled or decoded each step
+    FINISHED = "finished"  # done, cancelled or expired: holds no blocks
+
+
+@dataclass(eq=False)
+class Sequence:
+    """Prompt, media, output so far and progress of one request.
+
+    Tokens are prompt_ids + output_ids; the first `num_computed_tokens` of them have K/V in the cache.
+    Media embeddings replace the embeddings of the prompt tokens at `media_positions` (ascending), row i
+    of `media_embeddings` at position media_positions[i]. They are kept until the sequence finishes, so a
+    preempted sequence can be recomputed.
+    """
+
+    seq_id: int
+    request_id: str
+    prompt_ids: list[int]
+    sampling: SamplingParams
+    max_new_tokens: int  # resolved: never 0, never past the context
+    eos_ids: frozenset[int]  # empty when ignore_eos
+    media_positions: list[int] = field(default_factory=list)
+    media_embeddings: torch.Tensor | None = None  # [len(media_positions), hidden] on the model's device
+    media_cache_hits: int = 0
+    arrival_time: float = 0.0  # time.monotonic()
+    deadline: float | None = None  # time.monotonic() instant
+    generator: torch.Generator | None = None  # per-request RNG for sampling (None: greedy)
+    output_ids: list[int] = field(default_factory=list)
+    status: SequenceStatus = SequenceStatus.WAITING
+    num_computed_tokens: int = 0
+    finish_reason: FinishReason | None = None
+    cancelled: bool = False
+    num_preemptions: int = 0
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_ids) + len(self.output_ids)
+
+    @property
+    def num_uncomputed_tokens(self) -> int:
+        return self.num_tokens - self.num_computed_tokens
+
+    @property
+    def is_decoding(self) -> bool:
+        """Prompt (and any recomputed output) is cached; only the last sampled token is new."""
+        return self.num_computed_tokens >= self.num_prompt_tokens and self.num_uncomputed_tokens == 1
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status is SequenceStatus.FINISHED
+
+    @property
+    def num_image_tokens(self) -> int:
+        return len(self.media_positions)
+
+    def token_ids(self, start: int = 0, end: int | None = None) -> list[int]:
+        """Tokens [start, end) of prompt + output."""
+        end = self.num_tokens if end is None else end
+        n = len(self.prompt_ids)
+        if end <= n:
+            return self.prompt_ids[start:end]
+        return self.prompt_ids[start:] + self.output_ids[max(0, start - n) : end - n]
+
+    def all_token_ids(self) -> list[int]:
+        return self.prompt_ids + self.output_ids
+
+    def media_rows(self, start: int, end: int) -> tuple[list[int], torch.Tensor | None]:
+        """Media positions in [start, end) (relative to start) and their embedding rows."""
+        lo = bisect.bisect_left(self.media_positions, start)
+        hi = bisect.bisect_left(self.media_positions, end)
+        if lo == hi or self.media_embeddings is None:
+            return [], None
+        return [p - start for p in self.media_positions[lo:hi]], self.media_embeddings[lo:hi]
