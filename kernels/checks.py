@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .jit import use_triton
+from .runtime import use_triton
 
 ATTN_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256
@@ -117,3 +117,18 @@ def check_out(out: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
         )
     check_last_contiguous("out", out)
     return out
+
+
+def check_seq_lens(seq_lens: torch.Tensor) -> int:
+    """seq_lens int32 [num_seqs]; returns num_seqs."""
+    check_ndim("seq_lens", seq_lens, 1, "[num_seqs]")
+    check_vector("seq_lens", seq_lens, seq_lens.shape[0], torch.int32)
+    return seq_lens.shape[0]
+
+
+def check_prefill_config(cfg, group: int) -> None:
+    def pow2(n: int) -> bool:
+        return n >= 16 and not n & (n - 1)
+
+    if not (pow2(cfg.block_m) and pow2(cfg.block_n)) or cfg.block_m < group:
+        raise ValueError(f"{cfg}: tiles must be powers of two >= 16 and block_m >= the GQA group ({group})")

@@ -74,16 +74,15 @@ def choose_num_splits(
 ) -> int:
     """How many KV splits each (sequence, KV head) program is cut into.
 
-    Split only when the natural grid (num_seqs x num_kv_heads) leaves SMs idle, never below
-    `min_tokens_per_split` keys per split, and never above `max_splits` (the scratch size).
+    Split only when the natural grid (num_seqs x num_kv_heads) leaves SMs idle: the largest count that
+    keeps the grid within one wave of DECODE_PROGRAMS_PER_SM programs per SM (rounding up would start a
+    second, mostly idle wave), never below `min_tokens_per_split` keys per split, and never above
+    `max_splits` (the scratch size).
     """
-    if num_seqs <= 0 or num_kv_heads <= 0 or max_seq_len <= 0:
+    if num_seqs <= 0 or num_kv_heads <= 0 or max_seq_len <= 0 or num_sms <= 0:
         return 1
     programs = num_seqs * num_kv_heads
-    target = max(1, num_sms) * DECODE_PROGRAMS_PER_SM
-    if programs >= target:
-        return 1
-    wanted = -(-target // programs)
+    wanted = num_sms * DECODE_PROGRAMS_PER_SM // programs
     by_length = max(1, -(-max_seq_len // min_tokens_per_split))
     return max(1, min(wanted, by_length, max_splits))
 

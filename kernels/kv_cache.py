@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import torch
+import triton
 import triton.language as tl
 
-from . import checks
 from .config import next_pow2
-from .jit import mode_jit
 
 
-@mode_jit
+@triton.jit
 def _write_kv_cache_kernel(
     k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_ptr,
     stride_kt, stride_kh, stride_vt, stride_vh,
@@ -36,36 +35,16 @@ def _write_kv_cache_kernel(
     tl.store(dst_v, tl.load(src_v, mask=mask), mask=mask)
 
 
-def write_kv_cache(
+def launch_write_kv_cache(
     k: torch.Tensor,
     v: torch.Tensor,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     slot_mapping: torch.Tensor,
 ) -> None:
-    """Store k/v [num_tokens, num_kv_heads, head_dim] into k_cache/v_cache in place.
-
-    slot_mapping is int64 [num_tokens]; a negative slot skips that token. k and v may be strided views
-    (e.g. slices of a fused QKV projection) as long as the head dimension is dense.
-    """
-    checks.check_device(k=k, v=v, k_cache=k_cache, v_cache=v_cache, slot_mapping=slot_mapping)
-    _, block_size, num_kv_heads, head_dim = checks.check_cache(k_cache, v_cache)
-    layout = "[num_tokens, num_kv_heads, head_dim]"
-    checks.check_ndim("k", k, 3, layout)
-    checks.check_ndim("v", v, 3, layout)
-    if k.shape != v.shape or tuple(k.shape[1:]) != (num_kv_heads, head_dim):
-        raise ValueError(
-            f"k {tuple(k.shape)} and v {tuple(v.shape)} must both be [num_tokens, {num_kv_heads}, {head_dim}]"
-        )
-    if k.dtype != k_cache.dtype or v.dtype != v_cache.dtype:
-        raise ValueError(f"k/v ({k.dtype}/{v.dtype}) must have the cache dtype {k_cache.dtype}")
-    checks.check_last_contiguous("k", k)
-    checks.check_last_contiguous("v", v)
-    num_tokens = k.shape[0]
-    checks.check_vector("slot_mapping", slot_mapping, num_tokens, torch.int64)
-    if num_tokens == 0:
-        return
-
+    """Launch on arguments already checked by api.write_kv_cache."""
+    num_tokens, num_kv_heads, head_dim = k.shape
+    block_size = k_cache.shape[1]
     _write_kv_cache_kernel[(num_tokens,)](
         k, v, k_cache, v_cache, slot_mapping,
         k.stride(0), k.stride(1), v.stride(0), v.stride(1),

@@ -8,19 +8,17 @@ the chunk's own tokens alike.
 
 from __future__ import annotations
 
-import math
-
 import torch
+import triton
 import triton.language as tl
 
-from . import checks
-from .config import PrefillConfig, prefill_config
-from .jit import interpreting, mode_jit, needs_upcast
+from .config import PrefillConfig
+from .runtime import needs_upcast
 
 LOG2E = 1.4426950408889634
 
 
-@mode_jit
+@triton.jit
 def _prefill_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, out_ptr,
     cu_seqlens_ptr, seq_lens_ptr, block_tables_ptr,
@@ -125,12 +123,12 @@ def _prefill_kernel(
              out.to(out_ptr.dtype.element_ty), mask=row_valid[:, None])
 
 
-def dot_precision(dtype: torch.dtype) -> str:
-    """fp32 inputs get exact fp32 products (tl.dot defaults to tf32); 16-bit inputs keep the default."""
-    return "ieee" if dtype == torch.float32 else "tf32"
+def dot_precision(dtype: torch.dtype) -> str | None:
+    """fp32 inputs get exact fp32 products (tl.dot would use tf32); 16-bit inputs keep the default."""
+    return "ieee" if dtype == torch.float32 else None
 
 
-def prefill_attention(
+def launch_prefill(
     q: torch.Tensor,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
@@ -138,37 +136,16 @@ def prefill_attention(
     seq_lens: torch.Tensor,
     block_tables: torch.Tensor,
     scale: float,
-    *,
-    out: torch.Tensor | None = None,
-    config: PrefillConfig | None = None,
-) -> torch.Tensor:
-    """Causal attention for packed queries q [total_q, num_q_heads, head_dim] over the paged cache.
-
-    cu_seqlens_q int32 [num_seqs + 1]; seq_lens int32 [num_seqs] counts every cached token of a sequence,
-    the new ones included (their K/V must already be written), so the queries of sequence i are its last
-    cu[i+1] - cu[i] positions. Returns a tensor shaped and typed like q (or fills `out`).
-    Values (lengths, block ids) are not checked: that would need a device sync.
-    """
-    checks.check_device(q=q, k_cache=k_cache, v_cache=v_cache, cu_seqlens_q=cu_seqlens_q,
-                        seq_lens=seq_lens, block_tables=block_tables)
-    _, block_size, num_kv_heads, head_dim = checks.check_cache(k_cache, v_cache)
-    total_q, num_q_heads = checks.check_query(q, k_cache, "q", "total_q")
-    checks.check_ndim("seq_lens", seq_lens, 1, "[num_seqs]")
+    out: torch.Tensor,
+    cfg: PrefillConfig,
+) -> None:
+    """Launch on arguments already checked by api.prefill_attention."""
+    total_q, num_q_heads, head_dim = q.shape
+    num_kv_heads, block_size = k_cache.shape[2], k_cache.shape[1]
     num_seqs = seq_lens.shape[0]
-    checks.check_vector("seq_lens", seq_lens, num_seqs, torch.int32)
-    checks.check_vector("cu_seqlens_q", cu_seqlens_q, num_seqs + 1, torch.int32)
-    checks.check_block_tables(block_tables, num_seqs)
-    scale = checks.check_scale(scale)
-    out = checks.check_out(out, q)
-    if total_q == 0 or num_seqs == 0:
-        return out
-
     group = num_q_heads // num_kv_heads
-    cfg = config or prefill_config(head_dim, group, interpreting())
-    if cfg.block_m < group or cfg.block_m & (cfg.block_m - 1) or cfg.block_n & (cfg.block_n - 1):
-        raise ValueError(f"config {cfg} needs power-of-two tiles with block_m >= group size {group}")
     block_q = cfg.block_q(group)
-    # Sequence i's programs start at cu[i] // block_q + i; this bounds the last one without a sync.
+    # Sequence i's programs start at cu[i] // block_q + i: this bounds the last one without a sync.
     grid = (total_q // block_q + num_seqs, num_kv_heads)
     _prefill_kernel[grid](
         q, k_cache, v_cache, out,
@@ -183,8 +160,3 @@ def prefill_attention(
         UPCAST=needs_upcast(q.dtype), DOT_PRECISION=dot_precision(q.dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    return out
-
-
-def default_scale(head_dim: int) -> float:
-    return 1.0 / math.sqrt(head_dim)

@@ -83,11 +83,16 @@ def decode_attention_ref(
     block_tables: torch.Tensor,
     scale: float,
 ) -> torch.Tensor:
-    """One query per sequence (its last position) over all seq_lens[i] cached positions."""
-    out = torch.empty_like(q)
+    """One query per sequence (its last position) over all seq_lens[i] cached positions.
+
+    seq_len 0 (a padding slot of a captured batch) gives zeros, as the kernel does.
+    """
+    out = torch.zeros_like(q)
     for i, seq_len in enumerate(seq_lens.tolist()):
-        if seq_len < 1:
-            raise ValueError(f"sequence {i}: decode needs seq_len >= 1, got {seq_len}")
+        if seq_len < 0:
+            raise ValueError(f"sequence {i}: seq_len must be >= 0, got {seq_len}")
+        if seq_len == 0:
+            continue
         k = gather_kv(k_cache, block_tables[i], seq_len)
         v = gather_kv(v_cache, block_tables[i], seq_len)
         out[i] = _attend(q[i : i + 1], k, v, scale)[0].to(q.dtype)

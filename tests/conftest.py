@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+
+# Before anything imports triton (transformers' model code does): kernel tests run on the CPU under the
+# Triton interpreter, and triton picks interpreter vs compiler once, at its first import.
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
 

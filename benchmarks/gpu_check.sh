@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# One prepared command for a device machine: correctness of the Triton attention kernels (native bf16/fp16)
+# against the PyTorch references, then prefill TFLOP/s and decode GB/s against torch SDPA and a measured
+# device-to-device copy. Prints markdown tables; writes results.json to $OUT (else bench_out/).
+# Without CUDA it runs the correctness part under the Triton interpreter and skips timing, so it can be
+# tried on a CPU before GPU minutes are spent. Needs only torch and triton: kernels/ is loaded by path,
+# the project does not have to be installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ -n "${PYTHON:-}" ]; then
+  py="$PYTHON"
+elif [ -x .venv/bin/python ]; then
+  py=.venv/bin/python
+else
+  py=python3
+fi
+out="${OUT:-bench_out}"
+# benchmarks/ only: the repo root must stay off sys.path (its kernels/ folder shadows the HF `kernels` package).
+export PYTHONPATH="$PWD/benchmarks${PYTHONPATH:+:$PYTHONPATH}"
+exec "$py" benchmarks/gpu_check.py --out "$out" "$@"
