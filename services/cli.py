@@ -9,12 +9,14 @@ import sys
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="internvl-serve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    from internvl_serve.decoder.cli import add_decoder
     from internvl_serve.encoder.cli import add_encoder
     from internvl_serve.oracle.cli import add_oracle
     from internvl_serve.tiny_model.cli import add_make_tiny_model
 
     add_make_tiny_model(sub)
     add_encoder(sub)
+    add_decoder(sub)
     add_oracle(sub)
     return parser
 

@@ -1,0 +1,69 @@
+"""`internvl-serve decoder`: load, warm up, serve until SIGTERM, finish in-flight work, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from internvl_serve.clients.pb.internvl.v1 import generation_service_pb2_grpc as pb_grpc
+from internvl_serve.common.encoder_client import EncoderClient
+from internvl_serve.common.grpc_server import bind, create_server, install_stop_signals
+from internvl_serve.common.logs import log_event
+from internvl_serve.decoder.config import DecoderConfig
+from internvl_serve.decoder.engine import Engine
+from internvl_serve.decoder.runtime import load_runtime
+from internvl_serve.decoder.servicer import SERVICE_NAME, GenerationServicer
+
+log = logging.getLogger("internvl_serve.decoder")
+MiB = 1024 * 1024
+
+
+class DecoderServer:
+    """The running service; tests drive it in-process (start / stop), the CLI runs it until a signal."""
+
+    def __init__(self, config: DecoderConfig):
+        self.config = config
+        self.draining = asyncio.Event()
+        # Requests carry media bytes (up to 16 items); replies are text.
+        self.server, self.health = create_server([SERVICE_NAME], max_receive_bytes=512 * MiB, max_send_bytes=64 * MiB)
+        self.port = bind(self.server, config.host, config.port)
+        self.encoders = EncoderClient(list(config.encoders)) if config.encoders else None
+        self.servicer = GenerationServicer(self.encoders, self.draining)
+        pb_grpc.add_GenerationServiceServicer_to_server(self.servicer, self.server)
+        self.engine: Engine | None = None
+
+    async def start(self) -> None:
+        await self.health.set(False)
+        await self.server.start()  # health answers NOT_SERVING while the model loads
+        runtime = await asyncio.get_running_loop().run_in_executor(None, load_runtime, self.config)
+        self.engine = Engine(runtime, self.config)
+        await self.engine.warmup()
+        self.servicer.model_name = runtime.model_name
+        self.servicer.engine = self.engine
+        await self.health.set(True)
+        log_event(log, "decoder_serving", host=self.config.host, port=self.port, encoders=list(self.config.encoders),
+                  kv_blocks=self.engine.num_total_blocks)  # fmt: skip
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Drain: NOT_SERVING, refuse new calls, let in-flight requests finish within the grace period."""
+        grace = self.config.grace_s if grace_s is None else grace_s
+        self.draining.set()
+        await self.health.set(False)
+        if self.engine is not None:
+            finished = await self.engine.wait_idle(grace)
+            log_event(log, "decoder_draining", finished_in_grace=finished)
+        await self.server.stop(0 if self.engine is None else 1.0)
+        if self.engine is not None:
+            await self.engine.close()
+        if self.encoders is not None:
+            await self.encoders.close()
+        log_event(log, "decoder_stopped", port=self.port)
+
+
+async def run_decoder(config: DecoderConfig) -> None:
+    server = DecoderServer(config)
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    await server.start()
+    await stop.wait()
+    await server.stop()

@@ -1,0 +1,90 @@
+"""internvl.v1.GenerationService: protos in, engine deltas out; media encoded by the vision encoders."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from internvl_serve.clients.pb.internvl.v1 import generation_service_pb2 as pb
+from internvl_serve.clients.pb.internvl.v1 import generation_service_pb2_grpc as pb_grpc
+from internvl_serve.common.encoder_client import EncoderClient
+from internvl_serve.common.errors import Unavailable
+from internvl_serve.decoder.engine import Engine
+from internvl_serve.decoder.media import MediaEmbedding
+from internvl_serve.decoder.messages import chat_from_proto, check_request_id, fix_media_types, sampling_from_proto
+from internvl_serve.decoder.request import FinishReason, GenerationDelta, GenerationRequest, Usage
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GenerationService"].full_name
+_FINISH = {FinishReason.STOP: pb.FINISH_REASON_STOP, FinishReason.LENGTH: pb.FINISH_REASON_LENGTH}
+
+
+def _usage(u: Usage) -> pb.Usage:
+    return pb.Usage(input_tokens=u.input_tokens, output_tokens=u.output_tokens, image_tokens=u.image_tokens,
+                    media_cache_hits=u.media_cache_hits)  # fmt: skip
+
+
+class GenerationServicer(pb_grpc.GenerationServiceServicer):
+    """Registered before the server starts; `engine` is set once the model is loaded and warm."""
+
+    def __init__(self, encoders: EncoderClient | None, draining: asyncio.Event):
+        self.engine: Engine | None = None
+        self.model_name = ""
+        self.encoders = encoders
+        self.draining = draining
+
+    async def Generate(self, request: pb.GenerateRequest, context) -> pb.GenerateResponse:
+        request_id, deltas = await self._start(request, context)
+        text, ids, last = [], [], None
+        async with contextlib.aclosing(deltas):
+            async for delta in deltas:
+                text.append(delta.text)
+                ids += delta.token_ids
+                last = delta
+        return pb.GenerateResponse(text="".join(text), token_ids=ids, finish_reason=_FINISH[last.finish_reason],
+                                   usage=_usage(last.usage), request_id=request_id, model=self.model_name)  # fmt: skip
+
+    async def GenerateStream(self, request: pb.GenerateStreamRequest, context) -> AsyncIterator[pb.GenerateStreamResponse]:
+        request_id, deltas = await self._start(request, context)
+        async with contextlib.aclosing(deltas):
+            async for delta in deltas:
+                msg = pb.GenerateStreamResponse(text=delta.text, token_ids=delta.token_ids, request_id=request_id,
+                                                model=self.model_name)  # fmt: skip
+                if delta.finished:
+                    msg.finish_reason = _FINISH[delta.finish_reason]
+                    msg.usage.CopyFrom(_usage(delta.usage))
+                yield msg
+
+    async def _start(self, request, context) -> tuple[str, AsyncIterator[GenerationDelta]]:
+        if self.draining.is_set():
+            raise Unavailable("this decoder is shutting down; retry (another replica will answer)")
+        engine = self.engine
+        if engine is None:
+            raise Unavailable("the decoder is still loading its model; retry shortly")
+        request_id = check_request_id(request.request_id) or uuid.uuid4().hex
+        chat, media = chat_from_proto(request.messages)
+        sampling = sampling_from_proto(request.sampling)
+        engine.check(chat, sampling)  # cheap checks before any media is encoded
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        embeddings = await self._encode(media, deadline)
+        fix_media_types(chat, [m.media_type == "video" for m in embeddings])
+        deltas = engine.generate(GenerationRequest(chat, embeddings, sampling, request_id, deadline))
+        return request_id, deltas
+
+    async def _encode(self, media, deadline: float | None) -> list[MediaEmbedding]:
+        if not media:
+            return []
+        if self.encoders is None:
+            raise Unavailable("this decoder has no vision encoder (--encoder HOST:PORT); it can answer text only")
+        results = await self.encoders.encode(media, deadline)
+        out = []
+        for r in results:
+            if r.is_video:
+                out.append(MediaEmbedding(r.embeddings, "video", r.num_tiles, r.tokens_per_tile,
+                                          num_frames=r.num_frames, cache_hit=r.cache_hit))  # fmt: skip
+            else:
+                out.append(MediaEmbedding(r.embeddings, "image", r.num_tiles, r.tokens_per_tile, cache_hit=r.cache_hit))
+        return out
