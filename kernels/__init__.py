@@ -17,6 +17,7 @@ from .config import (
 )
 from .reference import decode_attention_ref, prefill_attention_ref, write_kv_cache_ref
 from .runtime import interpreting, use_triton
+from .torch_paged import decode_attention_torch, prefill_attention_torch
 from .workspace import DecodeWorkspace
 
 __all__ = [
@@ -27,10 +28,12 @@ __all__ = [
     "choose_num_splits",
     "decode_attention",
     "decode_attention_ref",
+    "decode_attention_torch",
     "decode_config",
     "interpreting",
     "prefill_attention",
     "prefill_attention_ref",
+    "prefill_attention_torch",
     "prefill_config",
     "use_triton",
     "write_kv_cache",

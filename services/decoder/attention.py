@@ -1,7 +1,7 @@
 """Paged attention over the KV cache for one flat step: decode tokens first, then prefill chunks.
 
-The Triton kernels run on CUDA, their PyTorch reference twins everywhere else (chosen by the tensors'
-device, never by the environment).
+The Triton kernels run on CUDA; everywhere else the batched PyTorch paths (kernels/torch_paged.py, tested
+against the `*_ref` references) run. The choice follows the tensors' device, never the environment.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import torch
 
 from internvl_serve.kernels import (
     decode_attention,
-    decode_attention_ref,
+    decode_attention_torch,
     prefill_attention,
-    prefill_attention_ref,
+    prefill_attention_torch,
     write_kv_cache,
     write_kv_cache_ref,
 )
@@ -71,8 +71,9 @@ def paged_attention(
     write_kv_cache_ref(k, v, k_cache, v_cache, meta.slot_mapping)
     parts = []
     if d:
-        parts.append(decode_attention_ref(q[:d], k_cache, v_cache, meta.decode_seq_lens, meta.decode_block_tables, scale))
+        parts.append(decode_attention_torch(q[:d], k_cache, v_cache, meta.decode_seq_lens, meta.decode_block_tables,
+                                            scale, max_seq_len=meta.decode_max_seq_len))
     if total > d:
-        parts.append(prefill_attention_ref(q[d:], k_cache, v_cache, meta.prefill_cu_seqlens, meta.prefill_seq_lens,
+        parts.append(prefill_attention_torch(q[d:], k_cache, v_cache, meta.prefill_cu_seqlens, meta.prefill_seq_lens,
                                            meta.prefill_block_tables, scale))
     return parts[0] if len(parts) == 1 else torch.cat(parts)
