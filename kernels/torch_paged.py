@@ -65,9 +65,13 @@ def prefill_attention_torch(
         k = _gather(k_cache, block_tables[i : i + 1], seq_len)[0].transpose(0, 1)  # [Hkv, L, D]
         v = _gather(v_cache, block_tables[i : i + 1], seq_len)[0].transpose(0, 1)
         qi = q[start:end].transpose(0, 1)  # [Hq, q_len, D]
-        q_pos = torch.arange(seq_len - q_len, seq_len, device=q.device)
-        mask = torch.arange(seq_len, device=q.device)[None, :] <= q_pos[:, None]  # [q_len, L], True = attend
-        o = F.scaled_dot_product_attention(qi, k.to(qi.dtype), v.to(qi.dtype), attn_mask=mask, scale=scale,
-                                           enable_gqa=True)  # fmt: skip
+        if q_len == seq_len:  # no cached prefix: plain causal, SDPA's faster maskless path (~2x on a CPU)
+            o = F.scaled_dot_product_attention(qi, k.to(qi.dtype), v.to(qi.dtype), is_causal=True, scale=scale,
+                                               enable_gqa=True)  # fmt: skip
+        else:
+            q_pos = torch.arange(seq_len - q_len, seq_len, device=q.device)
+            mask = torch.arange(seq_len, device=q.device)[None, :] <= q_pos[:, None]  # [q_len, L], True = attend
+            o = F.scaled_dot_product_attention(qi, k.to(qi.dtype), v.to(qi.dtype), attn_mask=mask, scale=scale,
+                                               enable_gqa=True)  # fmt: skip
         out[start:end] = o.transpose(0, 1)
     return out
