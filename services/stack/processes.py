@@ -17,22 +17,57 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-REDIS_INSTALL_HINT = "install it (Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis)"
+REDIS_INSTALL_HINT = "install it (Debian/Ubuntu: sudo apt-get install redis-server; macOS: brew install redis)"
+
+
+def own_group_options(own_group: bool) -> dict:
+    """Popen options. own_group: the child gets its own session, so a Ctrl-C in the terminal reaches only
+    the parent (which then stops its children in order), and on Linux it gets SIGTERM if the parent dies."""
+    if not own_group:
+        return {}
+    options: dict = {"start_new_session": True}
+    set_parent_death_signal = _parent_death_signal_setter()
+    if set_parent_death_signal is not None:
+        options["preexec_fn"] = set_parent_death_signal
+    return options
+
+
+def _parent_death_signal_setter():
+    """A callable for preexec_fn: prctl(PR_SET_PDEATHSIG, SIGTERM), resolved here in the parent so the child,
+    between fork and exec, only calls into libc (no import, no dlopen); None off Linux or without glibc."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+    import functools
+    import signal
+
+    try:
+        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return functools.partial(prctl, 1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
 
 
 class RedisProcess:
     """redis-server with no persistence on 127.0.0.1; `extra_args` go on its command line."""
 
-    def __init__(self, *extra_args: str, port: int | None = None):
+    def __init__(self, *extra_args: str, port: int | None = None, log_path: Path | None = None,
+                 own_group: bool = False):  # fmt: skip
         exe = shutil.which("redis-server")
         if exe is None:
             raise RuntimeError(f"redis-server is not on PATH; {REDIS_INSTALL_HINT}")
         self.port = port or free_port()
-        self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", *extra_args],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        log = open(log_path, "ab") if log_path else subprocess.DEVNULL
+        try:
+            self.proc = subprocess.Popen(
+                [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", *extra_args],
+                stdout=log,
+                stderr=subprocess.STDOUT if log_path else subprocess.DEVNULL,
+                **own_group_options(own_group),
+            )
+        finally:
+            if log_path:
+                log.close()  # the child holds its own copy
         self._wait_ready()
 
     @property
@@ -94,7 +129,7 @@ class ServiceProcess:
     """`internvl-serve <command> ... --port P` in its own process, waited on until healthy."""
 
     def __init__(self, command: str, args: list[str], *, port: int | None = None, log_path: Path | None = None,
-                 env: dict[str, str] | None = None):  # fmt: skip
+                 env: dict[str, str] | None = None, own_group: bool = False):  # fmt: skip
         self.port = port or free_port()
         exe = Path(sys.executable).with_name("internvl-serve")
         argv = [str(exe) if exe.exists() else sys.executable, *([] if exe.exists() else ["-m", "internvl_serve.cli"])]
@@ -104,6 +139,7 @@ class ServiceProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
+            **own_group_options(own_group),
         )
 
     @property
