@@ -123,9 +123,30 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.num_frames < 0:
         raise ValueError("--num-frames must be >= 0")
-    client = InternVLClient(args.target, timeout=args.timeout, allow_urls=args.allow_urls, num_frames=args.num_frames)
-    with client:
-        return _generate(client, args) if args.command == "generate" else _encode(client, args)
+    telemetry = _telemetry()
+    client = InternVLClient(args.target, timeout=args.timeout, allow_urls=args.allow_urls, num_frames=args.num_frames,
+                            tracer_provider=telemetry.tracer_provider if telemetry else None)  # fmt: skip
+    try:
+        with client:
+            return _generate(client, args) if args.command == "generate" else _encode(client, args)
+    finally:
+        if telemetry is not None:
+            telemetry.shutdown()  # export the call's span before exiting
+
+
+def _telemetry():
+    """Traces of this command's calls (service internvl-client) when the OTEL_* environment asks for them,
+    e.g. OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4317; None otherwise or without opentelemetry."""
+    try:
+        from dataclasses import replace
+
+        from internvl_serve.common.telemetry import CLIENT_SERVICE, TelemetrySettings, setup_telemetry
+    except ImportError:
+        return None
+    settings = TelemetrySettings.from_env(CLIENT_SERVICE)
+    if not settings.traces_exporters:
+        return None
+    return setup_telemetry(CLIENT_SERVICE, settings=replace(settings, metrics_exporters=()))
 
 
 def conversation_from_args(args: argparse.Namespace) -> list[dict[str, Any]]:

@@ -9,6 +9,8 @@
     ids = client.encode(["cat.jpg"])                               # pre-warm; reuse as {"media_id": ids[0]}
 
 `timeout` (seconds) bounds a whole call, media preparation included, and is sent as the gRPC deadline.
+Each call is an OpenTelemetry CLIENT span (when opentelemetry is installed; `tracer_provider`, default the
+global one) whose context goes to the server in the call's metadata, so the server's spans join the trace.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from internvl_serve.clients.pb.internvl.v1 import generation_service_pb2_grpc as
 from internvl_serve.clients.pb.internvl.v1 import vision_encoder_service_pb2_grpc as enc_grpc
 from internvl_serve.clients.results import EncodedMedia, GenerateResult, StreamDelta
 from internvl_serve.clients.sampling import sampling_params
+from internvl_serve.clients.tracing import ENCODE, GENERATE, GENERATE_STREAM, ClientSpan, client_span, current_context
+from internvl_serve.clients.tracing import generation_attributes, get_tracer, request_attributes
 
 
 class _ClientBase:
@@ -45,6 +49,7 @@ class _ClientBase:
         max_concurrency: int = 64,
         credentials: grpc.ChannelCredentials | None = None,
         channel_settings: ChannelSettings | None = None,
+        tracer_provider: Any = None,
     ):
         """`target` is the decoder's HOST:PORT; `encoder_target` the encoder's for encode() (default:
         `target`). `timeout` is the default per-call deadline in seconds (None: no deadline). Urls in
@@ -58,6 +63,11 @@ class _ClientBase:
         self.max_concurrency = max(1, max_concurrency)
         self._credentials = credentials
         self._settings = channel_settings or ChannelSettings()
+        self._tracer = get_tracer(tracer_provider)
+
+    def _span(self, method: str, target: str, params: Any = None, parent: Any = None) -> ClientSpan:
+        attributes = None if params is None else request_attributes(params, stream=method == GENERATE_STREAM)
+        return client_span(self._tracer, method, target, attributes, parent)
 
     def _deadline(self, timeout: float | None) -> float | None:
         timeout = self.timeout if timeout is None else timeout
@@ -125,8 +135,9 @@ class InternVLClient(_ClientBase):
         if not is_batch(messages):
             return self._generate_one(messages, params, request_id, deadline)
         ids = _batch_ids(request_id, len(messages))
+        parent = current_context()  # pool threads do not inherit the caller's trace context
         pool = ThreadPoolExecutor(max_workers=min(len(messages), self.max_concurrency))
-        futures = [pool.submit(self._generate_one, c, params, i, deadline) for c, i in zip(messages, ids)]
+        futures = [pool.submit(self._generate_one, c, params, i, deadline, parent) for c, i in zip(messages, ids)]
         try:
             if return_exceptions:
                 return [f.exception() or f.result() for f in futures]
@@ -135,12 +146,17 @@ class InternVLClient(_ClientBase):
             # After a failure, conversations not started yet are dropped; calls in flight end on their own.
             pool.shutdown(wait=False, cancel_futures=True)
 
-    def _generate_one(self, conversation: Any, params: Any, request_id: str | None, deadline: float | None):
+    def _generate_one(self, conversation: Any, params: Any, request_id: str | None, deadline: float | None,
+                      parent: Any = None):  # fmt: skip
         request = self._request(conversation, params, request_id, stream=False)
+        timeout = self._remaining(deadline)
         try:
-            return GenerateResult.from_proto(self._generation.Generate(request, timeout=self._remaining(deadline)))
+            with self._span(GENERATE, self.target, params, parent) as span:
+                reply = self._generation.Generate(request, timeout=timeout, metadata=span.metadata)
+                span.set_attributes(generation_attributes(reply, stream=False))
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
+        return GenerateResult.from_proto(reply)
 
     def stream(self, messages: Any, *, timeout: float | None = None, request_id: str | None = None,
                **sampling: Any) -> Iterator[StreamDelta]:  # fmt: skip
@@ -149,14 +165,18 @@ class InternVLClient(_ClientBase):
         params = sampling_params(**sampling)
         deadline = self._deadline(timeout)
         request = self._request(_one_conversation(messages, "stream()"), params, request_id, stream=True)
-        return self._stream(request, deadline)
+        return self._stream(request, deadline, params, current_context())
 
-    def _stream(self, request: Any, deadline: float | None) -> Iterator[StreamDelta]:
+    def _stream(self, request: Any, deadline: float | None, params: Any, parent: Any) -> Iterator[StreamDelta]:
         call = None
+        timeout = self._remaining(deadline)
         try:
-            call = self._generation.GenerateStream(request, timeout=self._remaining(deadline))
-            for response in call:
-                yield StreamDelta.from_proto(response)
+            with self._span(GENERATE_STREAM, self.target, params, parent) as span:
+                call = self._generation.GenerateStream(request, timeout=timeout, metadata=span.metadata)
+                for response in call:
+                    if response.finish_reason:
+                        span.set_attributes(generation_attributes(response, stream=True))
+                    yield StreamDelta.from_proto(response)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
         finally:
@@ -169,8 +189,10 @@ class InternVLClient(_ClientBase):
         order; its `media_id` can replace the bytes in later calls (see messages.encode_request)."""
         deadline = self._deadline(timeout)
         request = self._encode_request(media, num_frames, return_embeddings)
+        remaining = self._remaining(deadline)
         try:
-            reply = self._encoder.Encode(request, timeout=self._remaining(deadline))
+            with self._span(ENCODE, self.encoder_target) as span:
+                reply = self._encoder.Encode(request, timeout=remaining, metadata=span.metadata)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
         return [EncodedMedia.from_proto(e, reply.model) for e in reply.media]
@@ -228,8 +250,11 @@ class AsyncInternVLClient(_ClientBase):
     async def _generate_one(self, conversation: Any, params: Any, request_id: str | None, deadline: float | None):
         request = await asyncio.to_thread(self._request, conversation, params, request_id, False)
         generation, _ = self._stubs()
+        timeout = self._remaining(deadline)
         try:
-            reply = await generation.Generate(request, timeout=self._remaining(deadline))
+            with self._span(GENERATE, self.target, params) as span:
+                reply = await generation.Generate(request, timeout=timeout, metadata=span.metadata)
+                span.set_attributes(generation_attributes(reply, stream=False))
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc) from exc
         return GenerateResult.from_proto(reply)
@@ -240,16 +265,21 @@ class AsyncInternVLClient(_ClientBase):
         iteration; leaving the loop early cancels the call on the server."""
         params = sampling_params(**sampling)
         conversation = _one_conversation(messages, "stream()")
-        return self._stream(conversation, params, request_id, self._deadline(timeout))
+        return self._stream(conversation, params, request_id, self._deadline(timeout), current_context())
 
-    async def _stream(self, conversation: Any, params: Any, request_id: str | None,
-                      deadline: float | None) -> AsyncIterator[StreamDelta]:  # fmt: skip
+    async def _stream(self, conversation: Any, params: Any, request_id: str | None, deadline: float | None,
+                      parent: Any) -> AsyncIterator[StreamDelta]:  # fmt: skip
         request = await asyncio.to_thread(self._request, conversation, params, request_id, True)
         generation, _ = self._stubs()
-        call = generation.GenerateStream(request, timeout=self._remaining(deadline))
+        timeout = self._remaining(deadline)
+        span = self._span(GENERATE_STREAM, self.target, params, parent)
+        call = generation.GenerateStream(request, timeout=timeout, metadata=span.metadata)
         try:
-            async for response in call:
-                yield StreamDelta.from_proto(response)
+            with span:
+                async for response in call:
+                    if response.finish_reason:
+                        span.set_attributes(generation_attributes(response, stream=True))
+                    yield StreamDelta.from_proto(response)
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc) from exc
         finally:
@@ -261,8 +291,10 @@ class AsyncInternVLClient(_ClientBase):
         deadline = self._deadline(timeout)
         request = await asyncio.to_thread(self._encode_request, media, num_frames, return_embeddings)
         _, encoder = self._stubs()
+        timeout = self._remaining(deadline)
         try:
-            reply = await encoder.Encode(request, timeout=self._remaining(deadline))
+            with self._span(ENCODE, self.encoder_target) as span:
+                reply = await encoder.Encode(request, timeout=timeout, metadata=span.metadata)
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc) from exc
         return [EncodedMedia.from_proto(e, reply.model) for e in reply.media]

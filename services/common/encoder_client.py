@@ -1,5 +1,7 @@
 """The decoder's client of VisionEncoderService: round-robin over encoder replicas, retry on UNAVAILABLE,
-the caller's deadline propagated, and the encoder's own errors passed through with their codes.
+the caller's deadline propagated, and the encoder's own errors passed through with their codes. Each
+attempt is a CLIENT span whose context travels in the call's metadata, so the encoder's spans join the
+request's trace.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from internvl_serve.clients.pb.internvl.v1 import media_pb2
 from internvl_serve.clients.pb.internvl.v1 import vision_encoder_service_pb2 as pb
 from internvl_serve.clients.pb.internvl.v1 import vision_encoder_service_pb2_grpc as pb_grpc
+from internvl_serve.clients.tracing import ENCODE, client_span, get_tracer
 from internvl_serve.common.errors import (
     DeadlineExceeded,
     InvalidArgument,
@@ -62,6 +65,9 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, int | str]]:
         # Embeddings of one request can be tens of MB (InternVL3-14B: ~2.5 MiB per tile in bf16).
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
+        # Spread calls over every address a name resolves to (compose replicas share one DNS name);
+        # gRPC's default pick_first would send everything to the first replica.
+        ("grpc.lb_policy_name", "round_robin"),
         # Find a dead encoder between requests, not in the middle of one.
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
@@ -74,7 +80,8 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, int | str]]:
 
 class EncoderClient:
     def __init__(self, addresses: list[str], *, attempts: int = 3, backoff_s: float = 0.1,
-                 max_message_bytes: int = 1024 << 20):  # fmt: skip
+                 max_message_bytes: int = 1024 << 20, tracer=None):  # fmt: skip
+        """`tracer`: for the CLIENT spans (default: the global tracer provider's)."""
         if not addresses:
             raise ValueError("at least one encoder address (HOST:PORT) is needed")
         self.addresses = addresses
@@ -83,6 +90,7 @@ class EncoderClient:
         self._channels = [grpc.aio.insecure_channel(a, options=channel_options(max_message_bytes)) for a in addresses]
         self._stubs = [pb_grpc.VisionEncoderServiceStub(c) for c in self._channels]
         self._next = itertools.cycle(range(len(addresses)))
+        self._tracer = tracer if tracer is not None else get_tracer()
 
     async def close(self) -> None:
         await asyncio.gather(*(c.close() for c in self._channels), return_exceptions=True)
@@ -96,10 +104,12 @@ class EncoderClient:
             timeout = None if deadline is None else deadline - time.monotonic()
             if timeout is not None and timeout <= 0:
                 raise DeadlineExceeded("the deadline passed while waiting for the vision encoder")
+            span = client_span(self._tracer, ENCODE, self.addresses[index],
+                               {"internvl.media.count": len(media), "internvl.rpc.attempt": attempt + 1})  # fmt: skip
             try:
-                reply = await self._stubs[index].Encode(request, timeout=timeout)
-                return [_result(m) for m in reply.media]
+                reply = await self._stubs[index].Encode(request, timeout=timeout, metadata=span.metadata)
             except grpc.aio.AioRpcError as exc:
+                span.finish(exc.code(), exc)
                 error = _pass_through(exc)
                 if error is not None:
                     raise error from None
@@ -107,6 +117,13 @@ class EncoderClient:
                 log_event(log, "encoder_unavailable", logging.WARNING, address=self.addresses[index],
                           attempt=attempt + 1, code=exc.code().name)  # fmt: skip
                 await asyncio.sleep(self.backoff_s * (2**attempt))
+                continue
+            except BaseException:  # cancelled by the caller
+                span.finish(None)
+                raise
+            span.set_attributes({"internvl.media.cache_hits": sum(m.cache_hit for m in reply.media)})
+            span.finish(grpc.StatusCode.OK)
+            return [_result(m) for m in reply.media]
         raise Unavailable(
             f"no vision encoder answered ({', '.join(self.addresses)}; {self.attempts} attempts, last: "
             f"{last.code().name if last else 'none'}); retry later"

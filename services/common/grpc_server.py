@@ -1,5 +1,5 @@
-"""What every gRPC server of ours shares: channel options, the error interceptor, health, reflection,
-and a graceful stop on SIGTERM/SIGINT (DESIGN.md section 7.3-7.4).
+"""What every gRPC server of ours shares: channel options, the error interceptor, tracing and RPC metrics,
+health, reflection, and a graceful stop on SIGTERM/SIGINT (DESIGN.md section 7.3-7.4).
 """
 
 from __future__ import annotations
@@ -12,9 +12,12 @@ from collections.abc import Iterable
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry import trace
 
 from internvl_serve.common.errors import ServiceError, status_for
 from internvl_serve.common.logs import log_event
+from internvl_serve.common.rpc_telemetry import TelemetryInterceptor
+from internvl_serve.common.telemetry import Telemetry
 
 log = logging.getLogger("internvl_serve.grpc")
 
@@ -41,6 +44,7 @@ async def _abort(context: grpc.aio.ServicerContext, exc: BaseException, method: 
     if not isinstance(exc, ServiceError):
         log_event(log, "rpc_internal_error", logging.ERROR, method=method, error=repr(exc)[:500])
         log.exception("unexpected error in %s", method, exc_info=exc)
+        trace.get_current_span().record_exception(exc)  # the RPC's server span: the status alone says INTERNAL
     await context.abort(code, message)
 
 
@@ -99,11 +103,14 @@ class HealthReporter:
 
 
 def create_server(
-    service_full_names: list[str], *, max_receive_bytes: int, max_send_bytes: int
+    service_full_names: list[str], *, max_receive_bytes: int, max_send_bytes: int, telemetry: Telemetry | None = None
 ) -> tuple[grpc.aio.Server, HealthReporter]:
-    server = grpc.aio.server(
-        interceptors=[ErrorInterceptor()], options=server_options(max_receive_bytes, max_send_bytes)
-    )
+    """`telemetry`: trace and count every call but health and reflection (the outermost interceptor, so it
+    sees the status the ErrorInterceptor sets)."""
+    interceptors = [ErrorInterceptor()]
+    if telemetry is not None:
+        interceptors.insert(0, TelemetryInterceptor(telemetry))
+    server = grpc.aio.server(interceptors=interceptors, options=server_options(max_receive_bytes, max_send_bytes))
     reporter = HealthReporter(server, service_full_names)
     reflection.enable_server_reflection([*service_full_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     return server, reporter

@@ -233,6 +233,10 @@ class Engine:
         if not out.chunks:  # nothing can run yet (cannot happen with the scheduler's checks): do not spin
             await asyncio.sleep(0.001)
             return
+        now = time.monotonic()
+        for chunk in out.chunks:
+            if chunk.seq.first_scheduled_time is None:  # admitted: its time in the queue ends here
+                chunk.seq.first_scheduled_time = now
         inputs = self.runner.prepare(out.chunks, [self.block_manager.block_table(c.seq.seq_id) for c in out.chunks])
         rows = [_sampling_row(c.seq) for c in out.chunks if c.samples]
         try:

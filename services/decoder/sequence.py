@@ -38,6 +38,7 @@ class Sequence:
     media_embeddings: torch.Tensor | None = None  # [len(media_positions), hidden] on the model's device
     media_cache_hits: int = 0
     arrival_time: float = 0.0  # time.monotonic()
+    first_scheduled_time: float | None = None  # time.monotonic() of its first step (queue time = this - arrival)
     deadline: float | None = None  # time.monotonic() instant
     generator: torch.Generator | None = None  # per-request RNG for sampling (None: greedy)
     output_ids: list[int] = field(default_factory=list)

@@ -9,6 +9,8 @@ from internvl_serve.clients.pb.internvl.v1 import generation_service_pb2_grpc as
 from internvl_serve.common.encoder_client import EncoderClient
 from internvl_serve.common.grpc_server import bind, create_server, install_stop_signals
 from internvl_serve.common.logs import log_event
+from internvl_serve.common.telemetry import DECODER_SERVICE, Telemetry, setup_telemetry
+from internvl_serve.decoder.chat_telemetry import DecoderMetrics
 from internvl_serve.decoder.config import DecoderConfig
 from internvl_serve.decoder.engine import Engine
 from internvl_serve.decoder.runtime import load_runtime
@@ -21,16 +23,23 @@ MiB = 1024 * 1024
 class DecoderServer:
     """The running service; tests drive it in-process (start / stop), the CLI runs it until a signal."""
 
-    def __init__(self, config: DecoderConfig):
+    def __init__(self, config: DecoderConfig, telemetry: Telemetry | None = None):
+        """`telemetry`: default, providers from the OTEL_* environment, shut down (flushed) by stop()."""
         self.config = config
         self.draining = asyncio.Event()
+        self._owns_telemetry = telemetry is None
+        self.telemetry = telemetry or setup_telemetry(DECODER_SERVICE)
+        tracer = self.telemetry.tracer("internvl_serve.decoder")
         # Requests carry media bytes (up to 16 items); replies are text.
-        self.server, self.health = create_server([SERVICE_NAME], max_receive_bytes=512 * MiB, max_send_bytes=64 * MiB)
+        self.server, self.health = create_server([SERVICE_NAME], max_receive_bytes=512 * MiB, max_send_bytes=64 * MiB,
+                                                 telemetry=self.telemetry)  # fmt: skip
         self.port = bind(self.server, config.host, config.port)
-        self.encoders = EncoderClient(list(config.encoders)) if config.encoders else None
-        self.servicer = GenerationServicer(self.encoders, self.draining)
-        pb_grpc.add_GenerationServiceServicer_to_server(self.servicer, self.server)
+        self.encoders = EncoderClient(list(config.encoders), tracer=tracer) if config.encoders else None
         self.engine: Engine | None = None
+        metrics = DecoderMetrics(self.telemetry.meter("internvl_serve.decoder"), lambda: self.engine)
+        self.servicer = GenerationServicer(self.encoders, self.draining, tracer=tracer, metrics=metrics,
+                                           capture_content=self.telemetry.capture_content)  # fmt: skip
+        pb_grpc.add_GenerationServiceServicer_to_server(self.servicer, self.server)
 
     async def start(self) -> None:
         await self.health.set(False)
@@ -57,6 +66,8 @@ class DecoderServer:
             await self.engine.close()
         if self.encoders is not None:
             await self.encoders.close()
+        if self._owns_telemetry:
+            await asyncio.to_thread(self.telemetry.shutdown)  # export what is buffered before the process ends
         log_event(log, "decoder_stopped", port=self.port)
 
 

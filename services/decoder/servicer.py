@@ -1,4 +1,5 @@
-"""internvl.v1.GenerationService: protos in, engine deltas out; media encoded by the vision encoders."""
+"""internvl.v1.GenerationService: protos in, engine deltas out; media encoded by the vision encoders.
+Each call is traced as a "chat {model}" span (chat_telemetry.ChatTrace) under the RPC's server span."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
+from opentelemetry import trace
+
 from internvl_serve.clients.pb.internvl.v1 import generation_service_pb2 as pb
 from internvl_serve.clients.pb.internvl.v1 import generation_service_pb2_grpc as pb_grpc
 from internvl_serve.common.encoder_client import EncoderClient
 from internvl_serve.common.errors import Unavailable
+from internvl_serve.decoder.chat_telemetry import ChatTrace, DecoderMetrics
 from internvl_serve.decoder.engine import Engine
 from internvl_serve.decoder.media import MediaEmbedding
 from internvl_serve.decoder.messages import chat_from_proto, check_request_id, fix_media_types, sampling_from_proto
@@ -29,35 +33,59 @@ def _usage(u: Usage) -> pb.Usage:
 class GenerationServicer(pb_grpc.GenerationServiceServicer):
     """Registered before the server starts; `engine` is set once the model is loaded and warm."""
 
-    def __init__(self, encoders: EncoderClient | None, draining: asyncio.Event):
+    def __init__(self, encoders: EncoderClient | None, draining: asyncio.Event, *, tracer: trace.Tracer | None = None,
+                 metrics: DecoderMetrics | None = None, capture_content: bool = False):  # fmt: skip
         self.engine: Engine | None = None
         self.model_name = ""
         self.encoders = encoders
         self.draining = draining
+        self.tracer = tracer or trace.NoOpTracer()
+        self.metrics = metrics
+        self.capture_content = capture_content  # prompt/completion text on spans (opt-in)
+
+    def _trace(self, stream: bool) -> ChatTrace:
+        return ChatTrace(self.tracer, self.metrics, self.model_name, stream=stream,
+                         capture_content=self.capture_content)  # fmt: skip
 
     async def Generate(self, request: pb.GenerateRequest, context) -> pb.GenerateResponse:
-        request_id, deltas = await self._start(request, context)
-        text, ids, last = [], [], None
-        async with contextlib.aclosing(deltas):
-            async for delta in deltas:
-                text.append(delta.text)
-                ids += delta.token_ids
-                last = delta
+        chat_trace = self._trace(stream=False)
+        with chat_trace.start() as span:
+            try:
+                request_id, deltas = await self._start(request, context, chat_trace, span)
+                text, ids, last = [], [], None
+                async with contextlib.aclosing(deltas):
+                    async for delta in deltas:
+                        chat_trace.delta(delta)
+                        text.append(delta.text)
+                        ids += delta.token_ids
+                        last = delta
+            except BaseException as exc:
+                chat_trace.end(exc)
+                raise
+            chat_trace.end()
         return pb.GenerateResponse(text="".join(text), token_ids=ids, finish_reason=_FINISH[last.finish_reason],
                                    usage=_usage(last.usage), request_id=request_id, model=self.model_name)  # fmt: skip
 
     async def GenerateStream(self, request: pb.GenerateStreamRequest, context) -> AsyncIterator[pb.GenerateStreamResponse]:
-        request_id, deltas = await self._start(request, context)
-        async with contextlib.aclosing(deltas):
-            async for delta in deltas:
-                msg = pb.GenerateStreamResponse(text=delta.text, token_ids=delta.token_ids, request_id=request_id,
-                                                model=self.model_name)  # fmt: skip
-                if delta.finished:
-                    msg.finish_reason = _FINISH[delta.finish_reason]
-                    msg.usage.CopyFrom(_usage(delta.usage))
-                yield msg
+        chat_trace = self._trace(stream=True)
+        with chat_trace.start() as span:
+            try:
+                request_id, deltas = await self._start(request, context, chat_trace, span)
+                async with contextlib.aclosing(deltas):
+                    async for delta in deltas:
+                        chat_trace.delta(delta)
+                        msg = pb.GenerateStreamResponse(text=delta.text, token_ids=delta.token_ids,
+                                                        request_id=request_id, model=self.model_name)  # fmt: skip
+                        if delta.finished:
+                            msg.finish_reason = _FINISH[delta.finish_reason]
+                            msg.usage.CopyFrom(_usage(delta.usage))
+                            chat_trace.end()  # before the last message goes out: the client may close at once
+                        yield msg
+            except BaseException as exc:
+                chat_trace.end(exc)
+                raise
 
-    async def _start(self, request, context) -> tuple[str, AsyncIterator[GenerationDelta]]:
+    async def _start(self, request, context, chat_trace: ChatTrace, span) -> tuple[str, AsyncIterator[GenerationDelta]]:
         if self.draining.is_set():
             raise Unavailable("this decoder is shutting down; retry (another replica will answer)")
         engine = self.engine
@@ -66,6 +94,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         request_id = check_request_id(request.request_id) or uuid.uuid4().hex
         chat, media = chat_from_proto(request.messages)
         sampling = sampling_from_proto(request.sampling)
+        chat_trace.request(span, request_id, sampling, engine.config.default_max_new_tokens, chat, len(media))
         engine.check(chat, sampling)  # cheap checks before any media is encoded
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining

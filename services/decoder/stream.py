@@ -85,6 +85,8 @@ class RequestStream:
             output_tokens=len(seq.output_ids),
             image_tokens=seq.num_image_tokens,
             media_cache_hits=seq.media_cache_hits,
+            queue_time_s=max(0.0, (seq.first_scheduled_time or seq.arrival_time) - seq.arrival_time),
+            num_preemptions=seq.num_preemptions,
         )
         return GenerationDelta(text, [token], reason, usage)
 

@@ -1,6 +1,9 @@
 """The Redis embedding cache. Redis down, slow or full never fails a request: every call is bounded by a
 timeout, errors are counted and logged, and after an error Redis is skipped for a short back-off so a
 dead cache costs one timeout per back-off period, not one per request.
+
+Each Redis call is a CLIENT span (db.system.name "redis"); a failed call is recorded on its span and the
+request carries on. A call skipped during the back-off is an event on the caller's span.
 """
 
 from __future__ import annotations
@@ -9,6 +12,11 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from internvl_serve.common.logs import log_event
 from internvl_serve.encoder.blob import BlobError, EncodedBlob, pack, unpack
@@ -45,10 +53,13 @@ class EmbeddingCache:
     settings: CacheSettings
     model_fingerprint: str
     stats: CacheStats = field(default_factory=CacheStats)
+    tracer: Any = None  # an opentelemetry Tracer; None: no spans
 
     def __post_init__(self) -> None:
         self._client = None
         self._down_until = 0.0
+        self.tracer = self.tracer or trace.NoOpTracer()
+        self._span_attributes = _db_attributes(self.settings.url)
         if self.settings.url:
             from redis.asyncio import Redis
             from redis.backoff import NoBackoff
@@ -74,10 +85,20 @@ class EmbeddingCache:
             return False
         if time.monotonic() < self._down_until:
             self.stats.skipped += 1
+            trace.get_current_span().add_event("internvl.cache.skipped", {"reason": "redis failed recently"})
             return False
         return True
 
+    def _span(self, op: str):
+        attributes = {**self._span_attributes, "db.operation.name": op}
+        return self.tracer.start_as_current_span(op, kind=SpanKind.CLIENT, attributes=attributes,
+                                                 record_exception=False, set_status_on_exception=False)  # fmt: skip
+
     def _failed(self, op: str, exc: BaseException) -> None:
+        span = trace.get_current_span()
+        span.record_exception(exc)
+        span.set_attributes({"error.type": type(exc).__qualname__, "internvl.cache.result": "error"})
+        span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"[:200]))
         self.stats.errors += 1
         self.stats.last_error = f"{op}: {type(exc).__name__}: {exc}"[:300]
         self._down_until = time.monotonic() + self.settings.backoff_s
@@ -91,35 +112,43 @@ class EmbeddingCache:
         """The cached blob, or None on a miss, a corrupt value or any Redis problem."""
         if not self._available():
             return None
-        try:
-            data = await self._call("get", self._client.get(key))
-        except Exception as exc:  # any Redis or network failure is a miss, never a failed request
-            self._failed("get", exc)
-            return None
-        if data is None:
-            self.stats.misses += 1
-            return None
-        try:
-            blob = unpack(data)
-        except BlobError as exc:
-            self.stats.corrupt += 1
-            self.stats.misses += 1
-            log_event(log, "cache_corrupt", logging.WARNING, key=key, error=str(exc))
-            return None
-        self.stats.hits += 1
-        return blob
+        with self._span("GET") as span:
+            try:
+                data = await self._call("get", self._client.get(key))
+            except Exception as exc:  # any Redis or network failure is a miss, never a failed request
+                self._failed("get", exc)
+                return None
+            if data is None:
+                self.stats.misses += 1
+                span.set_attribute("internvl.cache.result", "miss")
+                return None
+            try:
+                blob = unpack(data)
+            except BlobError as exc:
+                self.stats.corrupt += 1
+                self.stats.misses += 1
+                span.set_attributes({"internvl.cache.result": "corrupt", "internvl.cache.value_bytes": len(data)})
+                log_event(log, "cache_corrupt", logging.WARNING, key=key, error=str(exc))
+                return None
+            self.stats.hits += 1
+            span.set_attributes({"internvl.cache.result": "hit", "internvl.cache.value_bytes": len(data)})
+            return blob
 
     async def put(self, key: str, blob: EncodedBlob) -> bool:
         """Store with the TTL; False (counted, logged) when Redis is down, slow or full."""
         if not self._available():
             return False
-        try:
-            await self._call("set", self._client.set(key, pack(blob), ex=self.settings.ttl_s))
-        except Exception as exc:  # OOM (maxmemory), timeouts, connection errors: all non-fatal
-            self._failed("set", exc)
-            return False
-        self.stats.writes += 1
-        return True
+        with self._span("SET") as span:
+            value = pack(blob)
+            span.set_attributes({"internvl.cache.value_bytes": len(value), "internvl.cache.ttl_s": self.settings.ttl_s})
+            try:
+                await self._call("set", self._client.set(key, value, ex=self.settings.ttl_s))
+            except Exception as exc:  # OOM (maxmemory), timeouts, connection errors: all non-fatal
+                self._failed("set", exc)
+                return False
+            self.stats.writes += 1
+            span.set_attribute("internvl.cache.result", "stored")
+            return True
 
     async def close(self) -> None:
         if self._client is not None:
@@ -127,3 +156,19 @@ class EmbeddingCache:
                 await self._client.aclose()
             except Exception:  # closing a dead connection must not fail shutdown
                 pass
+
+
+def _db_attributes(url: str | None) -> dict[str, Any]:
+    """Span attributes naming the Redis server (never the password in the url)."""
+    if not url:
+        return {}
+    parts = urlsplit(url)
+    attributes: dict[str, Any] = {"db.system.name": "redis", "db.system": "redis"}
+    if parts.hostname:
+        attributes["server.address"] = parts.hostname
+    if parts.port:
+        attributes["server.port"] = parts.port
+    db = parts.path.lstrip("/") or "0"
+    if db.isdigit():
+        attributes["db.namespace"] = db
+    return attributes

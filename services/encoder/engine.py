@@ -1,6 +1,8 @@
 """VisionEncoder: media in, projected embeddings out, through the cache, single flight and micro-batches.
 
 No gRPC here: the servicer translates protos to these calls, so the same engine is testable directly.
+Tracing: one "internvl.encode_media" span per item (Redis GET/SET, preprocess and vision spans below it;
+a single-flight follower is marked and linked to the leader's span).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import re
 from dataclasses import dataclass
 
 import torch
+from opentelemetry import trace
 
 from internvl_serve.checkpoint import fingerprint, open_checkpoint
 from internvl_serve.common.errors import InvalidArgument, NotFound, ResourceExhausted
@@ -24,6 +27,7 @@ from internvl_serve.encoder.config import EncoderConfig
 from internvl_serve.encoder.media.config import load_preprocess
 from internvl_serve.encoder.media.images import decode_image, image_to_tiles
 from internvl_serve.encoder.media.video import VideoDecoder
+from internvl_serve.encoder.metrics import EncoderMetrics
 from internvl_serve.encoder.vision_model import VisionEncoderModel
 
 log = logging.getLogger("internvl_serve.encoder")
@@ -58,8 +62,11 @@ class EncodeOutcome:
 
 
 class VisionEncoder:
-    def __init__(self, config: EncoderConfig):
+    def __init__(self, config: EncoderConfig, tracer: trace.Tracer | None = None,
+                 metrics: EncoderMetrics | None = None):  # fmt: skip
         self.config = config
+        self.tracer = tracer or trace.NoOpTracer()
+        self.metrics = metrics
         self.device = config.torch_device()
         self.dtype = config.torch_dtype()
         ckpt = open_checkpoint(config.model)
@@ -70,12 +77,14 @@ class VisionEncoder:
         self.num_parameters = sum(p.numel() for p in self.model.parameters())
         del state
         self.image_pp, self.video_pp, self.tokens_per_tile = load_preprocess(ckpt.path)
-        self.cache = EmbeddingCache(config.cache, self.model_fingerprint)
-        self.batcher = MicroBatcher(self._run_batch, config.max_batch_tiles, config.max_batch_wait_ms / 1000)
+        self.cache = EmbeddingCache(config.cache, self.model_fingerprint, tracer=self.tracer)
+        self.batcher = MicroBatcher(self._run_batch, config.max_batch_tiles, config.max_batch_wait_ms / 1000,
+                                    tracer=self.tracer, on_batch=metrics.record_batch if metrics else None)  # fmt: skip
         # Image decode and tiling are CPU work; keep them off the event loop.
         self._cpu = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="media")
         self.video = VideoDecoder(self.video_pp, config.limits, workers=config.video_workers)
         self._inflight: dict[str, asyncio.Future] = {}
+        self._leader_spans: dict[str, trace.SpanContext] = {}  # single flight: who computes each key
         self.computed = 0  # media encoded by the model (not served from the cache)
         log_event(
             log, "encoder_loaded", model=str(ckpt.path), layout=ckpt.layout, tensors=report.tensors_read,
@@ -148,7 +157,26 @@ class VisionEncoder:
             for t in tasks:  # one bad item fails the request; do not leave the others running
                 t.cancel()
 
+    @property
+    def num_inflight(self) -> int:
+        return len(self._inflight)
+
     async def _encode_one(self, index: int, item: MediaInput) -> EncodeOutcome:
+        attributes = _media_attributes(index, item)
+        with self.tracer.start_as_current_span("internvl.encode_media", attributes=attributes) as span:
+            outcome = await self._encode_item(index, item)
+            blob = outcome.blob
+            span.set_attributes({
+                "internvl.media.type": "image" if blob.media_type == MEDIA_IMAGE else "video",
+                "internvl.media.num_tiles": blob.num_tiles, "internvl.media.num_frames": blob.num_frames,
+                "internvl.media.num_tokens": blob.embeddings.shape[0], "internvl.media.cache_hit": outcome.cache_hit,
+                "internvl.media.stored": outcome.in_cache,
+            })  # fmt: skip
+        if self.metrics is not None:
+            self.metrics.record_media("image" if blob.media_type == MEDIA_IMAGE else "video", outcome.cache_hit)
+        return outcome
+
+    async def _encode_item(self, index: int, item: MediaInput) -> EncodeOutcome:
         try:
             if isinstance(item, MediaRef):
                 return await self._resolve(item.media_id)
@@ -181,14 +209,23 @@ class VisionEncoder:
         item) neither cancels it for the others nor loses the result: it still lands in the cache.
         """
         task = self._inflight.get(key)
+        span = trace.get_current_span()
         if task is None:
             task = asyncio.get_running_loop().create_task(self._compute_and_store(key, item))
             self._inflight[key] = task
+            self._leader_spans[key] = span.get_span_context()
             task.add_done_callback(lambda t: self._finished(key, t))
+            span.set_attribute("internvl.single_flight", "leader")
+        else:  # the leader's span shows the decode, vision and store work this caller waits for
+            span.set_attribute("internvl.single_flight", "follower")
+            leader = self._leader_spans.get(key)
+            if leader is not None and leader.is_valid:
+                span.add_link(leader, {"internvl.link": "single_flight_leader"})
         return await asyncio.shield(task)
 
     def _finished(self, key: str, task: asyncio.Task) -> None:
         self._inflight.pop(key, None)
+        self._leader_spans.pop(key, None)
         if not task.cancelled():
             task.exception()  # retrieved here, so no "never retrieved" warning when every caller left
 
@@ -198,16 +235,29 @@ class VisionEncoder:
 
     async def _compute(self, item: ImageInput | VideoInput) -> EncodedBlob:
         loop = asyncio.get_running_loop()
-        if isinstance(item, ImageInput):
-            tiles = await loop.run_in_executor(self._cpu, self._image_tiles, item.data)
-            media_type, frames = MEDIA_IMAGE, 0
-        else:
-            decoded = await self.video.decode(item.data, self._num_frames(item))
-            tiles, media_type, frames = decoded.pixel_values, MEDIA_VIDEO, decoded.pixel_values.shape[0]
-        out = await self.batcher.submit(tiles)
+        kind = "image" if isinstance(item, ImageInput) else "video"
+        with self.tracer.start_as_current_span("internvl.preprocess", attributes={"internvl.media.type": kind}) as span:
+            if isinstance(item, ImageInput):
+                tiles = await loop.run_in_executor(self._cpu, self._image_tiles, item.data)
+                media_type, frames = MEDIA_IMAGE, 0
+            else:
+                decoded = await self.video.decode(item.data, self._num_frames(item))
+                tiles, media_type, frames = decoded.pixel_values, MEDIA_VIDEO, decoded.pixel_values.shape[0]
+            span.set_attributes({"internvl.media.num_tiles": tiles.shape[0], "internvl.media.num_frames": frames})
+        attributes = {"internvl.vision.tiles": tiles.shape[0]}
+        with self.tracer.start_as_current_span("internvl.vision_encode", attributes=attributes):
+            out = await self.batcher.submit(tiles)
         self.computed += 1
         emb = out.reshape(-1, out.shape[-1])
         return EncodedBlob(emb, media_type, num_tiles=tiles.shape[0], num_frames=frames, tokens_per_tile=out.shape[1])
 
     def _image_tiles(self, data: bytes) -> torch.Tensor:
         return image_to_tiles(decode_image(data, self.config.limits), self.image_pp)
+
+
+def _media_attributes(index: int, item: MediaInput) -> dict[str, object]:
+    if isinstance(item, MediaRef):
+        return {"internvl.media.index": index, "internvl.media.source": "media_id"}
+    kind = "image" if isinstance(item, ImageInput) else "video"
+    return {"internvl.media.index": index, "internvl.media.source": kind, "internvl.media.type": kind,
+            "internvl.media.bytes": len(item.data)}  # fmt: skip

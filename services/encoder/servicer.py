@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from opentelemetry import trace
+
 from internvl_serve.clients.pb.internvl.v1 import media_pb2, vision_encoder_service_pb2 as pb
 from internvl_serve.clients.pb.internvl.v1 import vision_encoder_service_pb2_grpc as pb_grpc
 from internvl_serve.common.errors import InvalidArgument, Unavailable
@@ -58,7 +60,9 @@ class EncoderServicer(pb_grpc.VisionEncoderServiceServicer):
         if self.engine is None:
             raise Unavailable("the encoder is still loading its model; retry shortly")
         items = [media_input(i, m) for i, m in enumerate(request.media)]
+        trace.get_current_span().set_attribute("internvl.media.count", len(items))
         outcomes = await self.engine.encode(items)
+        trace.get_current_span().set_attribute("internvl.media_cache_hits", sum(o.cache_hit for o in outcomes))
         ttl = self.engine.config.cache.ttl_s
         return pb.EncodeResponse(
             media=[encoded_media(o, with_embeddings=request.return_embeddings, ttl_s=ttl) for o in outcomes],

@@ -75,3 +75,27 @@ def test_a_passed_deadline_is_not_retried(encoder):
 
     with pytest.raises(DeadlineExceeded):
         _run(go)
+
+
+def test_one_name_with_several_replicas_spreads_the_calls(tiny_model_dir, encoder):
+    """Compose replicas share one DNS name; the client must round-robin over its addresses."""
+    from internvl_testing.encoder_server import encoder_config, start_encoder
+
+    second = start_encoder(encoder_config(tiny_model_dir, None))
+    first_engine, second_engine = encoder.server.engine, second.server.engine
+    before = (first_engine.computed, second_engine.computed)
+    target = f"ipv4:127.0.0.1:{encoder.port},127.0.0.1:{second.port}"  # one name, two addresses
+
+    async def go():
+        client = EncoderClient([target])
+        try:
+            for seed in range(6):
+                await client.encode([image(image_bytes(noise_image(30, 30, 500 + seed), "PNG"))])
+        finally:
+            await client.close()
+
+    try:
+        _run(go)
+        assert first_engine.computed > before[0] and second_engine.computed > before[1]
+    finally:
+        second.close()
