@@ -17,7 +17,7 @@ from .config import (
 )
 from .reference import decode_attention_ref, prefill_attention_ref, write_kv_cache_ref
 from .runtime import interpreting, use_triton
-from .torch_paged import decode_attention_torch, prefill_attention_torch
+from .torch_paged import SequenceBlocks, decode_attention_torch, prefill_attention_torch
 from .workspace import DecodeWorkspace
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "DecodeConfig",
     "DecodeWorkspace",
     "PrefillConfig",
+    "SequenceBlocks",
     "choose_num_splits",
     "decode_attention",
     "decode_attention_ref",

@@ -6,12 +6,13 @@ against the `*_ref` references) run. The choice follows the tensors' device, nev
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from internvl_serve.kernels import (
     decode_attention,
+    SequenceBlocks,
     decode_attention_torch,
     prefill_attention,
     prefill_attention_torch,
@@ -37,6 +38,8 @@ class AttentionMetadata:
     prefill_cu_seqlens: torch.Tensor  # int32 [num_prefill_seqs + 1], offsets into the prefill part
     prefill_seq_lens: torch.Tensor  # int32 [num_prefill_seqs]
     prefill_block_tables: torch.Tensor  # int32 [num_prefill_seqs, max_blocks]
+    # CPU path: block ids per sequence, computed by the first layer and reused by the others
+    cpu_blocks: dict[str, SequenceBlocks] = field(default_factory=dict)
 
 
 def paged_attention(
@@ -69,11 +72,15 @@ def paged_attention(
                               meta.prefill_block_tables, scale, out=out[d:])
         return out
     write_kv_cache_ref(k, v, k_cache, v_cache, meta.slot_mapping)
+    if not meta.cpu_blocks:
+        block_size = k_cache.shape[1]
+        meta.cpu_blocks["decode"] = SequenceBlocks.of(meta.decode_seq_lens, meta.decode_block_tables, block_size)
+        meta.cpu_blocks["prefill"] = SequenceBlocks.of(meta.prefill_seq_lens, meta.prefill_block_tables, block_size)
     parts = []
     if d:
         parts.append(decode_attention_torch(q[:d], k_cache, v_cache, meta.decode_seq_lens, meta.decode_block_tables,
-                                            scale, max_seq_len=meta.decode_max_seq_len))
+                                            scale, blocks=meta.cpu_blocks["decode"]))
     if total > d:
         parts.append(prefill_attention_torch(q[d:], k_cache, v_cache, meta.prefill_cu_seqlens, meta.prefill_seq_lens,
-                                           meta.prefill_block_tables, scale))
+                                           meta.prefill_block_tables, scale, blocks=meta.cpu_blocks["prefill"]))
     return parts[0] if len(parts) == 1 else torch.cat(parts)

@@ -81,7 +81,7 @@ class VisionEncoder:
         self.batcher = MicroBatcher(self._run_batch, config.max_batch_tiles, config.max_batch_wait_ms / 1000,
                                     tracer=self.tracer, on_batch=metrics.record_batch if metrics else None)  # fmt: skip
         # Image decode and tiling are CPU work; keep them off the event loop.
-        self._cpu = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="media")
+        self._cpu = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="media")
         self.video = VideoDecoder(self.video_pp, config.limits, workers=config.video_workers)
         self._inflight: dict[str, asyncio.Future] = {}
         self._leader_spans: dict[str, trace.SpanContext] = {}  # single flight: who computes each key
