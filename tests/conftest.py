@@ -48,3 +48,20 @@ def media_dir(tmp_path_factory) -> Path:
         noise_image(w, h, seed).save(root / f"{name}.jpg", quality=92)
     write_video(root / "tennis.mp4", frames=20, seed=7)
     return root
+
+
+@pytest.fixture(scope="session")
+def model_card_chats(media_dir) -> dict[str, list[dict]]:
+    """The model card's kinds of chat (local files instead of urls)."""
+    from internvl_testing.engine_testing import text, user
+
+    return {
+        "text only": user(text("Write a haiku")),
+        "one image": user({"type": "image", "image": str(media_dir / "view.jpg")}, text("Write a haiku for this image")),
+        "several images": user(
+            {"type": "image", "image": str(media_dir / "liberty.jpg")},
+            {"type": "image", "image": str(media_dir / "bridge.jpg")},
+            text("These images depict two different landmarks. Can you identify them?"),
+        ),
+        "video": user({"type": "video", "video": str(media_dir / "tennis.mp4")}, text("What type of shot is the man performing?")),
+    }

@@ -12,24 +12,12 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from internvl_serve.checkpoint import Checkpoint, CheckpointError, assign
+from internvl_serve.common.layers import RMSNorm
 from internvl_serve.decoder.attention import AttentionMetadata, paged_attention
 
 # RoPE types whose frequencies do not depend on the sequence length up to max_position_embeddings
 # ("dynamic" NTK scaling only changes them beyond it, and longer contexts are refused).
 _STATIC_ROPE_TYPES = ("default", "dynamic", "linear", "yarn", "llama3")
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
 
 
 class RotaryEmbedding(nn.Module):

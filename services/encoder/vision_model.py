@@ -12,19 +12,7 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from internvl_serve.checkpoint import Checkpoint, CheckpointError, assign
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+from internvl_serve.common.layers import RMSNorm
 
 
 def _norm(config, dim: int) -> nn.Module:

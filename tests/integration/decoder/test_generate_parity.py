@@ -21,18 +21,8 @@ def _text(t):
 
 
 @pytest.fixture(scope="module")
-def chats(media_dir):
-    """The model card's examples, with local files instead of urls."""
-    return {
-        "text only": _user(_text("Write a haiku")),
-        "one image": _user({"type": "image", "url": str(media_dir / "view.jpg")}, _text("Please describe the image explicitly.")),
-        "several images": _user(
-            {"type": "image", "url": str(media_dir / "liberty.jpg")},
-            {"type": "image", "url": str(media_dir / "bridge.jpg")},
-            _text("These images depict two different landmarks. Can you identify them?"),
-        ),
-        "video": _user({"type": "video", "url": str(media_dir / "tennis.mp4")}, _text("What type of shot is the man performing?")),
-    }
+def chats(model_card_chats):
+    return model_card_chats
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +67,7 @@ def test_media_id_from_an_earlier_encode(stack, gen_stub, engine, chats, expecte
     channel, enc = encoder_stub(stack["encoder"].address)
     media_id = enc.Encode(request(image((media_dir / "view.jpg").read_bytes()), embeddings=False)).media[0].media_id
     channel.close()
-    chat = _user({"type": "image", "media_id": media_id}, _text("Please describe the image explicitly."))
+    chat = _user({"type": "image", "media_id": media_id}, _text("Write a haiku for this image"))
     reply = gen_stub.Generate(generate_request(chat, max_new_tokens=MAX_NEW))
     assert list(reply.token_ids) == expected["one image"]
     assert reply.usage.media_cache_hits == 1

@@ -11,23 +11,13 @@ import asyncio
 import dataclasses
 import pytest
 
-from internvl_testing.engine_testing import MAX_NEW, text, user
+from internvl_testing.engine_testing import MAX_NEW
 from internvl_testing.oracle_media import media_embeddings
 
 
 @pytest.fixture(scope="session")
-def chats(media_dir):
-    """The model card's kinds of chat (local files instead of urls)."""
-    return {
-        "text only": user(text("Write a haiku")),
-        "one image": user({"type": "image", "image": str(media_dir / "view.jpg")}, text("Write a haiku for this image")),
-        "several images": user(
-            {"type": "image", "image": str(media_dir / "liberty.jpg")},
-            {"type": "image", "image": str(media_dir / "bridge.jpg")},
-            text("These images depict two different landmarks. Can you identify them?"),
-        ),
-        "video": user({"type": "video", "video": str(media_dir / "tennis.mp4")}, text("What type of shot is the man performing?")),
-    }
+def chats(model_card_chats):
+    return model_card_chats
 
 
 @pytest.fixture(scope="session")
