@@ -28,23 +28,11 @@ def encoder(tiny_model_dir, redis_server):
 
 
 @pytest.fixture(scope="module")
-def decoder_address(request):
+def decoder_address(tiny_model_dir, encoder):
     """HOST:PORT of a real in-process decoder (tiny checkpoint, fp32 on CPU) whose vision encoder is the
-    `encoder` fixture and whose cache is `redis_server`; skips while the decoder service does not exist."""
-    try:
-        from internvl_serve.decoder.config import DecoderConfig
-        from internvl_serve.decoder.server import DecoderServer
-    except ModuleNotFoundError as exc:
-        if exc.name in ("internvl_serve.decoder", "internvl_serve.decoder.server", "internvl_serve.decoder.config"):
-            pytest.skip("decoder service not built yet")
-        raise
-    from internvl_testing.servers import ServerThread
+    `encoder` fixture (itself on the real `redis_server`)."""
+    from internvl_testing.decoder_server import decoder_config, start_decoder
 
-    encoder = request.getfixturevalue("encoder")
-    redis_url = request.getfixturevalue("redis_server").url
-    model_dir = request.getfixturevalue("tiny_model_dir")
-    config = DecoderConfig(model=str(model_dir), port=0, encoders=(encoder.address,), redis_url=redis_url,
-                           device="cpu", dtype="float32")  # fmt: skip
-    thread = ServerThread(lambda: DecoderServer(config))
+    thread = start_decoder(decoder_config(tiny_model_dir, [encoder.address], device="cpu", dtype="float32"))
     yield thread.address
     thread.close()
