@@ -90,6 +90,8 @@ class EncoderClient:
         self._channels = [grpc.aio.insecure_channel(a, options=channel_options(max_message_bytes)) for a in addresses]
         self._stubs = [pb_grpc.VisionEncoderServiceStub(c) for c in self._channels]
         self._next = itertools.cycle(range(len(addresses)))
+        # The encoders' vision-model fingerprint (part of every cache key), learned from their answers.
+        self.model_fingerprint = ""
         self._tracer = tracer if tracer is not None else get_tracer()
 
     async def close(self) -> None:
@@ -123,6 +125,7 @@ class EncoderClient:
                 raise
             span.set_attributes({"internvl.media.cache_hits": sum(m.cache_hit for m in reply.media)})
             span.finish(grpc.StatusCode.OK)
+            self.model_fingerprint = reply.model_fingerprint or self.model_fingerprint
             return [_result(m) for m in reply.media]
         raise Unavailable(
             f"no vision encoder answered ({', '.join(self.addresses)}; {self.attempts} attempts, last: "

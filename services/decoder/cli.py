@@ -13,8 +13,8 @@ def add_decoder(sub: argparse._SubParsersAction) -> None:
         "decoder",
         help="serve internvl.v1.GenerationService (Qwen2 on paged attention, continuous batching, streaming)",
         description="Serve GenerationService.Generate/GenerateStream with gRPC health and reflection. Loads only "
-        "the language model and lm_head; images and videos are encoded by the --encoder services (media_id "
-        "parts are resolved by them from their Redis cache).",
+        "the language model and lm_head; images and videos are encoded by the --encoder services; media_id "
+        "parts are read from their Redis cache directly when --redis-url is given, else resolved by them.",
     )
     add_decoder_arguments(p)
     p.set_defaults(run=_run)

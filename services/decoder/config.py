@@ -26,7 +26,7 @@ class DecoderConfig:
     port: int = 50052
     host: str = "127.0.0.1"
     encoders: tuple[str, ...] = ()  # HOST:PORT of each vision encoder (the gRPC layer's concern)
-    redis_url: str | None = None  # embedding cache, for resolving media_ids (the gRPC layer's concern)
+    redis_url: str | None = None  # the encoders' embedding cache: media_id parts are read from it directly
     device: str = "auto"  # auto: cuda when available
     dtype: str = "auto"  # auto: bfloat16 on GPU, float32 on CPU
     block_size: int = 16  # tokens per KV-cache block
@@ -96,7 +96,8 @@ def add_decoder_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=int(env("INTERNVL_DECODER_PORT", "50052")), help="0 picks a free port")
     p.add_argument("--host", default=env("INTERNVL_HOST", "127.0.0.1"), help="address to listen on (0.0.0.0 in containers)")
     p.add_argument("--encoder", default=env("INTERNVL_ENCODERS", ""), help="vision encoders, HOST:PORT[,HOST:PORT...]")
-    p.add_argument("--redis-url", default=env("INTERNVL_REDIS_URL"), help="redis://host:port/db of the embedding cache")
+    p.add_argument("--redis-url", default=env("INTERNVL_REDIS_URL"), help="the encoders' embedding cache (redis://host:port/db): media_id parts are read from it directly, "
+                   "without a round trip through an encoder (optional)")
     p.add_argument("--device", default=env("INTERNVL_DEVICE", "auto"), help="auto, cpu, cuda, cuda:N")
     p.add_argument("--dtype", default=env("INTERNVL_DTYPE", "auto"), choices=["auto", *_DTYPES])
     p.add_argument("--block-size", type=int, default=16, help="tokens per KV-cache block")

@@ -13,6 +13,7 @@ from internvl_serve.common.telemetry import DECODER_SERVICE, Telemetry, setup_te
 from internvl_serve.decoder.chat_telemetry import DecoderMetrics
 from internvl_serve.decoder.config import DecoderConfig
 from internvl_serve.decoder.engine import Engine
+from internvl_serve.decoder.media_ids import MediaIdLookup
 from internvl_serve.decoder.runtime import load_runtime
 from internvl_serve.decoder.servicer import SERVICE_NAME, GenerationServicer
 
@@ -37,8 +38,10 @@ class DecoderServer:
         self.encoders = EncoderClient(list(config.encoders), tracer=tracer) if config.encoders else None
         self.engine: Engine | None = None
         metrics = DecoderMetrics(self.telemetry.meter("internvl_serve.decoder"), lambda: self.engine)
+        self.media_ids = MediaIdLookup(config.redis_url) if config.redis_url and self.encoders else None
         self.servicer = GenerationServicer(self.encoders, self.draining, tracer=tracer, metrics=metrics,
-                                           capture_content=self.telemetry.capture_content)  # fmt: skip
+                                           capture_content=self.telemetry.capture_content,
+                                           media_ids=self.media_ids)  # fmt: skip
         pb_grpc.add_GenerationServiceServicer_to_server(self.servicer, self.server)
 
     async def start(self) -> None:
@@ -66,6 +69,8 @@ class DecoderServer:
             await self.engine.close()
         if self.encoders is not None:
             await self.encoders.close()
+        if self.media_ids is not None:
+            await self.media_ids.close()
         if self._owns_telemetry:
             await asyncio.to_thread(self.telemetry.shutdown)  # export what is buffered before the process ends
         log_event(log, "decoder_stopped", port=self.port)

@@ -18,6 +18,7 @@ from internvl_serve.common.errors import Unavailable
 from internvl_serve.decoder.chat_telemetry import ChatTrace, DecoderMetrics
 from internvl_serve.decoder.engine import Engine
 from internvl_serve.decoder.media import MediaEmbedding
+from internvl_serve.decoder.media_ids import MediaIdLookup
 from internvl_serve.decoder.messages import chat_from_proto, check_request_id, fix_media_types, sampling_from_proto
 from internvl_serve.decoder.request import FinishReason, GenerationDelta, GenerationRequest, Usage
 
@@ -34,10 +35,12 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
     """Registered before the server starts; `engine` is set once the model is loaded and warm."""
 
     def __init__(self, encoders: EncoderClient | None, draining: asyncio.Event, *, tracer: trace.Tracer | None = None,
-                 metrics: DecoderMetrics | None = None, capture_content: bool = False):  # fmt: skip
+                 metrics: DecoderMetrics | None = None, capture_content: bool = False,
+                 media_ids: MediaIdLookup | None = None):  # fmt: skip
         self.engine: Engine | None = None
         self.model_name = ""
         self.encoders = encoders
+        self.media_ids = media_ids  # media_id parts read straight from the cache (--redis-url)
         self.draining = draining
         self.tracer = tracer or trace.NoOpTracer()
         self.metrics = metrics
@@ -108,7 +111,14 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             return []
         if self.encoders is None:
             raise Unavailable("this decoder has no vision encoder (--encoder HOST:PORT); it can answer text only")
-        results = await self.encoders.encode(media, deadline)
+        results = [None] * len(media)
+        if self.media_ids is not None:  # media_ids straight from the cache where possible
+            results = await self.media_ids.resolve(media, self.encoders.model_fingerprint)
+        todo = [i for i, r in enumerate(results) if r is None]
+        if todo:
+            encoded = await self.encoders.encode([media[i] for i in todo], deadline)
+            for i, r in zip(todo, encoded):
+                results[i] = r
         out = []
         for r in results:
             if r.is_video:

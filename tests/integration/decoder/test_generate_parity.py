@@ -78,3 +78,35 @@ def test_seeded_sampling_is_reproducible(gen_stub, engine, chats):
     a = gen_stub.Generate(generate_request(chats["text only"], **sampling))
     b = gen_stub.Generate(generate_request(chats["text only"], **sampling))
     assert list(a.token_ids) == list(b.token_ids)
+
+
+def test_media_ids_resolve_from_redis_without_an_encoder(tiny_model_dir, media_dir, chats, expected):
+    """With --redis-url the decoder reads media_id entries itself: they keep working with the encoder gone."""
+    from internvl_testing.decoder_server import decoder_config, generation_stub, start_decoder
+    from internvl_testing.encode_requests import image, request
+    from internvl_testing.encoder_server import encoder_config, encoder_stub, start_encoder
+    from internvl_testing.redis_server import RedisServer
+
+    redis = RedisServer()
+    encoder = start_encoder(encoder_config(tiny_model_dir, redis.url))
+    decoder = start_decoder(decoder_config(tiny_model_dir, [encoder.address], redis_url=redis.url))
+    channel, stub = generation_stub(decoder.address)
+    try:
+        enc_channel, enc = encoder_stub(encoder.address)
+        media_id = enc.Encode(request(image((media_dir / "view.jpg").read_bytes()), embeddings=False)).media[0].media_id
+        enc_channel.close()
+        chat = _user({"type": "image", "media_id": media_id}, _text("Write a haiku for this image"))
+        first = stub.Generate(generate_request(chat, max_new_tokens=MAX_NEW))  # via the encoder: learns its fingerprint
+        encoder.close()
+        again = stub.Generate(generate_request(chat, max_new_tokens=MAX_NEW))  # straight from Redis
+        assert list(first.token_ids) == list(again.token_ids) == expected["one image"]
+        assert again.usage.media_cache_hits == 1
+        import grpc
+
+        with pytest.raises(grpc.RpcError) as err:  # new bytes still need an encoder
+            stub.Generate(generate_request(chats["one image"], max_new_tokens=2))
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        channel.close()
+        decoder.close()
+        redis.stop()

@@ -1,0 +1,45 @@
+"""Resolving media_id parts straight from the embedding cache (`decoder --redis-url`).
+
+A media_id names a cache entry the encoders wrote; reading it here saves a round trip through an encoder
+(and works while they are busy or restarting). The cache key also needs the encoders' model fingerprint,
+which the decoder learns from their first answer; until then, and on any miss, the id goes to an encoder
+as before, which answers from the same cache or with NOT_FOUND.
+"""
+
+from __future__ import annotations
+
+import re
+
+from internvl_serve.clients.pb.internvl.v1 import media_pb2
+from internvl_serve.common.encoder_client import EncodedResult
+from internvl_serve.encoder.blob import MEDIA_VIDEO
+from internvl_serve.encoder.cache import CacheSettings, EmbeddingCache
+
+MEDIA_ID = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{64})$")  # what the encoder issues
+
+
+class MediaIdLookup:
+    def __init__(self, redis_url: str):
+        self.cache = EmbeddingCache(CacheSettings(url=redis_url), model_fingerprint="")
+
+    async def resolve(self, media: list[media_pb2.Media], model_fingerprint: str) -> list[EncodedResult | None]:
+        """A result for each media_id found in the cache; None for everything else (to be encoded)."""
+        results: list[EncodedResult | None] = [None] * len(media)
+        if not model_fingerprint:
+            return results
+        self.cache.model_fingerprint = model_fingerprint
+        for i, item in enumerate(media):
+            match = MEDIA_ID.match(item.media_id) if item.WhichOneof("source") == "media_id" else None
+            if match is None:
+                continue
+            blob = await self.cache.get(self.cache.key(match.group(1), match.group(2)))
+            if blob is not None:
+                results[i] = EncodedResult(
+                    media_id=item.media_id, embeddings=blob.embeddings, num_tiles=blob.num_tiles,
+                    num_frames=blob.num_frames, tokens_per_tile=blob.tokens_per_tile,
+                    is_video=blob.media_type == MEDIA_VIDEO, cache_hit=True,
+                )  # fmt: skip
+        return results
+
+    async def close(self) -> None:
+        await self.cache.close()
