@@ -20,17 +20,31 @@ class SequenceBlocks:
 
     lengths: list[int]
     blocks: list[torch.Tensor]  # int64 block ids covering each sequence's length
+    first_block: list[int]  # the first id when the blocks are consecutive (a plain slice), else -1
 
     @classmethod
     def of(cls, seq_lens: torch.Tensor, block_tables: torch.Tensor, block_size: int) -> SequenceBlocks:
         lengths = seq_lens.tolist()
         tables = block_tables.long()
-        return cls(lengths, [tables[i, : -(-n // block_size)] for i, n in enumerate(lengths)])
+        rows = tables.tolist()
+        blocks, first = [], []
+        for i, n in enumerate(lengths):
+            count = -(-n // block_size)
+            ids = rows[i][:count]
+            consecutive = count > 0 and ids[-1] - ids[0] == count - 1 and ids == list(range(ids[0], ids[0] + count))
+            blocks.append(tables[i, :count])
+            first.append(ids[0] if consecutive else -1)
+        return cls(lengths, blocks, first)
 
-
-def _keys(cache: torch.Tensor, blocks: torch.Tensor, length: int) -> torch.Tensor:
-    """One sequence's first `length` cached entries as [Hkv, length, D] (one gather, then views)."""
-    return cache[blocks].view(-1, cache.shape[2], cache.shape[3])[:length].transpose(0, 1)
+    def keys(self, cache: torch.Tensor, i: int) -> torch.Tensor:
+        """Sequence i's cached entries as [Hkv, length, D]: a view of the cache when its blocks are
+        consecutive (no copy), else one gather."""
+        length, first = self.lengths[i], self.first_block[i]
+        if first >= 0:
+            run = cache[first : first + len(self.blocks[i])]
+        else:
+            run = cache[self.blocks[i]]
+        return run.view(-1, cache.shape[2], cache.shape[3])[:length].transpose(0, 1)
 
 
 def decode_attention_torch(
@@ -53,8 +67,8 @@ def decode_attention_torch(
     for i, seq_len in enumerate(blocks.lengths):
         if seq_len == 0:
             continue
-        k = _keys(k_cache, blocks.blocks[i], seq_len)  # [Hkv, L, D]
-        v = _keys(v_cache, blocks.blocks[i], seq_len)
+        k = blocks.keys(k_cache, i)  # [Hkv, L, D]
+        v = blocks.keys(v_cache, i)
         qi = q[i][:, None, :]  # [Hq, 1, D]
         out[i] = F.scaled_dot_product_attention(qi, k.to(q.dtype), v.to(q.dtype), scale=scale, enable_gqa=True)[:, 0]
     return out
@@ -82,8 +96,8 @@ def prefill_attention_torch(
             continue
         if seq_len < q_len:
             raise ValueError(f"sequence {i}: seq_len {seq_len} < query length {q_len}")
-        k = _keys(k_cache, blocks.blocks[i], seq_len)  # [Hkv, L, D]
-        v = _keys(v_cache, blocks.blocks[i], seq_len)
+        k = blocks.keys(k_cache, i)  # [Hkv, L, D]
+        v = blocks.keys(v_cache, i)
         qi = q[start:end].transpose(0, 1)  # [Hq, q_len, D]
         if q_len == seq_len:  # no cached prefix: plain causal, SDPA's faster maskless path (~2x on a CPU)
             o = F.scaled_dot_product_attention(qi, k.to(qi.dtype), v.to(qi.dtype), is_causal=True, scale=scale,

@@ -142,7 +142,7 @@ class Scheduler:
 
     def _take(self, seq: Sequence, n: int, out: SchedulerOutput) -> int:
         start = seq.num_computed_tokens
-        self.block_manager.grow(seq.seq_id, start + n)
+        self.block_manager.grow(seq.seq_id, start + n, expected_tokens=seq.num_prompt_tokens + seq.max_new_tokens)
         out.chunks.append(ScheduledChunk(seq, start, n))
         return n
 

@@ -53,3 +53,34 @@ def test_blocks_for_rounds_up():
     bm = BlockManager(num_blocks=1, block_size=16)
     assert [bm.blocks_for(n) for n in (0, 1, 16, 17, 32)] == [0, 1, 1, 2, 2]
     assert bm.num_new_blocks(9, 17) == 2
+
+
+def test_sequences_get_consecutive_blocks_and_grow_in_place():
+    bm = BlockManager(num_blocks=200, block_size=4)
+    bm.grow(1, 40, expected_tokens=60)  # 10 blocks now, 15 expected: the run is reserved for it
+    bm.grow(2, 40, expected_tokens=40)
+    for seq in (1, 2):
+        table = bm.block_table(seq)
+        assert table == list(range(table[0], table[0] + 10)), "a new sequence gets one run"
+    bm.grow(1, 60)  # decode growth into its reservation: still consecutive
+    table = bm.block_table(1)
+    assert table == list(range(table[0], table[0] + 15))
+    assert not set(table) & set(bm.block_table(2))
+    bm.free(1)
+    bm.free(2)
+    assert bm.num_free_blocks == 200
+    bm.grow(3, 800)  # reservations are released with their sequences: the whole pool is one run again
+    assert bm.block_table(3) == list(range(200))
+
+
+def test_fragmented_pool_still_allocates_every_free_block():
+    bm = BlockManager(num_blocks=12, block_size=1)
+    for seq in range(12):
+        bm.grow(seq, 1)
+    assert bm.num_free_blocks == 0
+    freed = set()
+    for seq in range(0, 12, 2):  # free every other sequence: the free blocks are scattered
+        freed |= set(bm.block_table(seq))
+        bm.free(seq)
+    bm.grow(100, 6)
+    assert set(bm.block_table(100)) == freed and bm.num_free_blocks == 0

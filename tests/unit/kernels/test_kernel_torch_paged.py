@@ -45,3 +45,26 @@ def test_prefill_with_and_without_cached_prefix_matches_reference(num_q_heads, n
     got = prefill_attention_torch(*args)
     assert not got.isnan().any()
     assert max_abs_diff(got, prefill_attention_ref(*args)) <= TOL
+
+
+def test_consecutive_blocks_are_read_as_a_slice_and_agree_with_the_gather(gen):
+    """Sequences whose blocks are consecutive take the no-copy path; the answer is the same."""
+    from internvl_serve.kernels import SequenceBlocks
+
+    lens, bs, heads, head_dim = [40, 33, 1], 16, 2, 64
+    num_blocks = 12
+    k_cache = torch.full((num_blocks, bs, heads, head_dim), float("nan"))
+    v_cache = torch.full_like(k_cache, float("nan"))
+    tables = torch.tensor([[2, 3, 4, 0], [7, 5, 6, 0], [10, 0, 0, 0]], dtype=torch.int32)  # 2nd: not consecutive
+    for i, n in enumerate(lens):
+        for pos in range(n):
+            block, off = int(tables[i, pos // bs]), pos % bs
+            k_cache[block, off] = torch.randn(heads, head_dim, generator=gen)
+            v_cache[block, off] = torch.randn(heads, head_dim, generator=gen)
+    seq_lens = torch.tensor(lens, dtype=torch.int32)
+    blocks = SequenceBlocks.of(seq_lens, tables, bs)
+    assert blocks.first_block == [2, -1, 10]
+    q = torch.randn(3, 4, head_dim, generator=gen)
+    got = decode_attention_torch(q, k_cache, v_cache, seq_lens, tables, 0.125, blocks=blocks)
+    expected = decode_attention_ref(q, k_cache, v_cache, seq_lens, tables, 0.125)
+    assert max_abs_diff(got, expected) <= TOL
