@@ -65,3 +65,23 @@ def model_card_chats(media_dir) -> dict[str, list[dict]]:
         ),
         "video": user({"type": "video", "video": str(media_dir / "tennis.mp4")}, text("What type of shot is the man performing?")),
     }
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """A real redis-server for the session (DEBUG enabled so fault tests can stall it)."""
+    from internvl_testing.redis_server import RedisServer
+
+    server = RedisServer("--enable-debug-command", "yes")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_model_dir, redis_server):
+    """An in-process encoder on a free port over the session's redis-server."""
+    from internvl_testing.encoder_server import encoder_config, start_encoder
+
+    thread = start_encoder(encoder_config(tiny_model_dir, redis_server.url))
+    yield thread
+    thread.close()

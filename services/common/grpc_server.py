@@ -132,3 +132,12 @@ def install_stop_signals(stop: asyncio.Event) -> None:
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):  # not the main thread (tests run servers in-process)
             pass
+
+
+async def serve_until_signal(server) -> None:
+    """Start `server` (an EncoderServer or DecoderServer), wait for SIGTERM/SIGINT, then stop it gracefully."""
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    await server.start()
+    await stop.wait()
+    await server.stop()

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 
 import torch
 
+from internvl_serve.common.placement import DTYPES, resolve_device, resolve_dtype
+
 MiB = 1024 * 1024
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -67,20 +68,16 @@ class DecoderConfig:
             problems.append(f"--max-media-per-request must be >= 0, got {self.max_media_per_request}")
         if self.max_context_len is not None and self.max_context_len < 2:
             problems.append(f"--max-context-len must be >= 2, got {self.max_context_len}")
-        if self.dtype not in ("auto", *_DTYPES):
-            problems.append(f"--dtype must be auto or one of {sorted(_DTYPES)}, got {self.dtype!r}")
+        if self.dtype not in ("auto", *DTYPES):
+            problems.append(f"--dtype must be auto or one of {sorted(DTYPES)}, got {self.dtype!r}")
         if problems:
             raise ValueError("; ".join(problems))
 
     def torch_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        return resolve_device(self.device)
 
     def torch_dtype(self) -> torch.dtype:
-        if self.dtype == "auto":
-            return torch.bfloat16 if self.torch_device().type == "cuda" else torch.float32
-        return _DTYPES[self.dtype]
+        return resolve_dtype(self.dtype, self.torch_device())
 
 
 DEFAULT_CPU_KV_CACHE_BYTES = 512 * MiB
@@ -99,7 +96,7 @@ def add_decoder_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--redis-url", default=env("INTERNVL_REDIS_URL"), help="the encoders' embedding cache (redis://host:port/db): media_id parts are read from it directly, "
                    "without a round trip through an encoder (optional)")
     p.add_argument("--device", default=env("INTERNVL_DEVICE", "auto"), help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--dtype", default=env("INTERNVL_DTYPE", "auto"), choices=["auto", *_DTYPES])
+    p.add_argument("--dtype", default=env("INTERNVL_DTYPE", "auto"), choices=["auto", *DTYPES])
     p.add_argument("--block-size", type=int, default=16, help="tokens per KV-cache block")
     p.add_argument("--kv-cache-mb", type=float, default=None,
                    help="KV-cache budget in MiB (default: CUDA --gpu-memory-fraction of the device, CPU 512)")

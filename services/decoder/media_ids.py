@@ -8,15 +8,10 @@ as before, which answers from the same cache or with NOT_FOUND.
 
 from __future__ import annotations
 
-import re
-
 from internvl_serve.clients.pb.internvl.v1 import media_pb2
 from internvl_serve.common.encoder_client import EncodedResult
 from internvl_serve.encoder.blob import MEDIA_VIDEO
 from internvl_serve.encoder.cache import CacheSettings, EmbeddingCache
-
-MEDIA_ID = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{64})$")  # what the encoder issues
-
 
 class MediaIdLookup:
     def __init__(self, redis_url: str):
@@ -29,10 +24,10 @@ class MediaIdLookup:
             return results
         self.cache.model_fingerprint = model_fingerprint
         for i, item in enumerate(media):
-            match = MEDIA_ID.match(item.media_id) if item.WhichOneof("source") == "media_id" else None
-            if match is None:
+            key = self.cache.key_for_media_id(item.media_id) if item.WhichOneof("source") == "media_id" else None
+            if key is None:
                 continue
-            blob = await self.cache.get(self.cache.key(match.group(1), match.group(2)))
+            blob = await self.cache.get(key)
             if blob is not None:
                 results[i] = EncodedResult(
                     media_id=item.media_id, embeddings=blob.embeddings, num_tiles=blob.num_tiles,

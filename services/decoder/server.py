@@ -7,7 +7,7 @@ import logging
 
 from internvl_serve.clients.pb.internvl.v1 import generation_service_pb2_grpc as pb_grpc
 from internvl_serve.common.encoder_client import EncoderClient
-from internvl_serve.common.grpc_server import bind, create_server, install_stop_signals
+from internvl_serve.common.grpc_server import bind, create_server, serve_until_signal
 from internvl_serve.common.logs import log_event
 from internvl_serve.common.telemetry import DECODER_SERVICE, Telemetry, setup_telemetry
 from internvl_serve.decoder.chat_telemetry import DecoderMetrics
@@ -77,9 +77,4 @@ class DecoderServer:
 
 
 async def run_decoder(config: DecoderConfig) -> None:
-    server = DecoderServer(config)
-    stop = asyncio.Event()
-    install_stop_signals(stop)
-    await server.start()
-    await stop.wait()
-    await server.stop()
+    await serve_until_signal(DecoderServer(config))

@@ -9,6 +9,7 @@ request carries on. A call skipped during the back-off is an event on the caller
 from __future__ import annotations
 
 import asyncio
+import re
 import logging
 import time
 from dataclasses import dataclass, field
@@ -23,6 +24,12 @@ from internvl_serve.encoder.blob import BlobError, EncodedBlob, pack, unpack
 
 log = logging.getLogger("internvl_serve.encoder.cache")
 KEY_PREFIX = "internvl:emb:v1"
+# media_id = "{preprocess fingerprint}-{sha256 of the bytes}": with the model fingerprint, the cache key.
+_MEDIA_ID = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{64})$")
+
+
+def make_media_id(preprocess_fingerprint: str, content_hash: str) -> str:
+    return f"{preprocess_fingerprint}-{content_hash}"
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,12 @@ class EmbeddingCache:
 
     def key(self, preprocess_fingerprint: str, content_hash: str) -> str:
         return f"{KEY_PREFIX}:{self.model_fingerprint}:{preprocess_fingerprint}:{content_hash}"
+
+    def key_for_media_id(self, media_id: str) -> str | None:
+        """The key a media_id names, or None for a string this service never issues."""
+        match = _MEDIA_ID.match(media_id)
+        return None if match is None else self.key(match.group(1), match.group(2))
+
 
     def _available(self) -> bool:
         if self._client is None:

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from internvl_serve.common.placement import DTYPES, resolve_device, resolve_dtype
+
 from internvl_serve.encoder.cache import CacheSettings
 from internvl_serve.encoder.media.config import MediaLimits
 
@@ -33,14 +35,10 @@ class EncoderConfig:
     log_level: str = "INFO"
 
     def torch_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        return resolve_device(self.device)
 
     def torch_dtype(self) -> torch.dtype:
-        if self.dtype == "auto":
-            return torch.bfloat16 if self.torch_device().type == "cuda" else torch.float32
-        return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[self.dtype]
+        return resolve_dtype(self.dtype, self.torch_device())
 
 
 def add_encoder_arguments(p: argparse.ArgumentParser) -> None:
@@ -50,7 +48,7 @@ def add_encoder_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default=env("INTERNVL_HOST", "127.0.0.1"), help="address to listen on (0.0.0.0 in containers)")
     p.add_argument("--redis-url", default=env("INTERNVL_REDIS_URL"), help="redis://host:port/db; omit to run without a cache")
     p.add_argument("--device", default=env("INTERNVL_DEVICE", "auto"), help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--dtype", default=env("INTERNVL_DTYPE", "auto"), choices=["auto", "float32", "float16", "bfloat16"])
+    p.add_argument("--dtype", default=env("INTERNVL_DTYPE", "auto"), choices=["auto", *DTYPES])
     p.add_argument("--max-batch-tiles", type=int, default=32, help="tiles per vision-tower batch")
     p.add_argument("--max-batch-wait-ms", type=float, default=5.0, help="how long a batch waits to fill")
     p.add_argument("--max-media-per-request", type=int, default=16)

@@ -11,7 +11,6 @@ import asyncio
 import concurrent.futures
 import hashlib
 import logging
-import re
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +21,7 @@ from internvl_serve.common.errors import InvalidArgument, NotFound, ResourceExha
 from internvl_serve.common.logs import log_event
 from internvl_serve.encoder.batcher import MicroBatcher
 from internvl_serve.encoder.blob import MEDIA_IMAGE, MEDIA_VIDEO, EncodedBlob
-from internvl_serve.encoder.cache import EmbeddingCache
+from internvl_serve.encoder.cache import EmbeddingCache, make_media_id
 from internvl_serve.encoder.config import EncoderConfig
 from internvl_serve.encoder.media.config import load_preprocess
 from internvl_serve.encoder.media.images import decode_image, image_to_tiles
@@ -31,7 +30,6 @@ from internvl_serve.encoder.metrics import EncoderMetrics
 from internvl_serve.encoder.vision_model import VisionEncoderModel
 
 log = logging.getLogger("internvl_serve.encoder")
-_MEDIA_ID = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{64})$")
 
 
 @dataclass(frozen=True)
@@ -181,8 +179,9 @@ class VisionEncoder:
             if isinstance(item, MediaRef):
                 return await self._resolve(item.media_id)
             preprocess_fp = self._preprocess_fingerprint(item)
-            media_id = f"{preprocess_fp}-{hashlib.sha256(item.data).hexdigest()}"
-            key = self.cache.key(preprocess_fp, media_id.split("-")[1])
+            content_hash = hashlib.sha256(item.data).hexdigest()
+            media_id = make_media_id(preprocess_fp, content_hash)
+            key = self.cache.key(preprocess_fp, content_hash)
             blob = await self.cache.get(key)
             if blob is not None:
                 return EncodeOutcome(media_id, blob, cache_hit=True, in_cache=True)
@@ -192,10 +191,10 @@ class VisionEncoder:
             raise type(exc)(f"media[{index}]: {exc}") from None
 
     async def _resolve(self, media_id: str) -> EncodeOutcome:
-        match = _MEDIA_ID.match(media_id)
-        if not match:
+        key = self.cache.key_for_media_id(media_id)
+        if key is None:
             raise InvalidArgument(f"media_id {media_id[:80]!r} is not an id this service issued")
-        blob = await self.cache.get(self.cache.key(match.group(1), match.group(2)))
+        blob = await self.cache.get(key)
         if blob is None:
             raise NotFound(
                 f"media_id {media_id} is unknown or expired (or the cache is unavailable); send the media bytes again"

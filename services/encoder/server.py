@@ -7,7 +7,7 @@ import functools
 import logging
 
 from internvl_serve.clients.pb.internvl.v1 import vision_encoder_service_pb2_grpc as pb_grpc
-from internvl_serve.common.grpc_server import bind, create_server, install_stop_signals
+from internvl_serve.common.grpc_server import bind, create_server, serve_until_signal
 from internvl_serve.common.logs import log_event
 from internvl_serve.common.telemetry import ENCODER_SERVICE, Telemetry, setup_telemetry
 from internvl_serve.encoder.config import EncoderConfig
@@ -61,9 +61,4 @@ class EncoderServer:
 
 
 async def run_encoder(config: EncoderConfig) -> None:
-    server = EncoderServer(config)
-    stop = asyncio.Event()
-    install_stop_signals(stop)
-    await server.start()
-    await stop.wait()
-    await server.stop()
+    await serve_until_signal(EncoderServer(config))

@@ -10,11 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+from internvl_serve.stack.ports import any_free_port
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on, on the loopback interface."""
+    return any_free_port("127.0.0.1")
 
 
 REDIS_INSTALL_HINT = "install it (Debian/Ubuntu: sudo apt-get install redis-server; macOS: brew install redis)"

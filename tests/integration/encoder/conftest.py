@@ -1,25 +1,10 @@
-"""An in-process encoder (real gRPC port) over a real redis-server, and a stub to call it."""
+"""A stub to call the session's in-process encoder (the `encoder` fixture of tests/conftest.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from internvl_testing.encoder_server import encoder_config, encoder_stub, start_encoder
-from internvl_testing.redis_server import RedisServer
-
-
-@pytest.fixture(scope="session")
-def redis_server():
-    server = RedisServer("--enable-debug-command", "yes")
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def encoder(tiny_model_dir, redis_server):
-    thread = start_encoder(encoder_config(tiny_model_dir, redis_server.url))
-    yield thread
-    thread.close()
+from internvl_testing.encoder_server import encoder_stub
 
 
 @pytest.fixture(scope="module")

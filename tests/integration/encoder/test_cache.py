@@ -19,8 +19,7 @@ def _png(seed: int, w: int = 100, h: int = 70) -> bytes:
 
 
 def _key_for(encoder, media_id: str) -> str:
-    preprocess_fp, content = media_id.split("-")
-    return encoder.server.engine.cache.key(preprocess_fp, content)
+    return encoder.server.engine.cache.key_for_media_id(media_id)
 
 
 def test_second_request_is_a_cache_hit_that_skips_the_model(encoder, encode_stub, redis_server):
