@@ -1,6 +1,7 @@
 """Maps the fixed top-level folders onto one import root, `internvl_serve`.
 
-services/ -> internvl_serve, kernels/ -> internvl_serve.kernels, clients/ -> internvl_serve.clients.
+services/ -> internvl_serve, kernels/ -> internvl_serve.kernels, clients/ -> internvl_serve.clients,
+proto/pb/ (the stubs generated from proto/, imported by services and clients alike) -> internvl_serve.pb.
 There is deliberately no top-level `kernels` package: Hugging Face's `kernels` package has that name
 and transformers probes for it.
 """
@@ -11,6 +12,7 @@ ROOTS = {
     "internvl_serve": "services",
     "internvl_serve.kernels": "kernels",
     "internvl_serve.clients": "clients",
+    "internvl_serve.pb": "proto/pb",
 }
 
 

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from internvl_serve.clients.pb.internvl.v1 import generation_service_pb2 as pb
-from internvl_serve.clients.pb.internvl.v1 import generation_service_pb2_grpc as pb_grpc
-from internvl_serve.clients.pb.internvl.v1 import media_pb2
+from internvl_serve.pb.internvl.v1 import generation_service_pb2 as pb
+from internvl_serve.pb.internvl.v1 import generation_service_pb2_grpc as pb_grpc
+from internvl_serve.pb.internvl.v1 import media_pb2
 from internvl_serve.stack.processes import RedisProcess, ServiceProcess
 from report import table, write_json, write_section
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import grpc
 
-from internvl_serve.clients.pb.internvl.v1 import media_pb2
-from internvl_serve.clients.pb.internvl.v1 import vision_encoder_service_pb2 as pb
-from internvl_serve.clients.pb.internvl.v1 import vision_encoder_service_pb2_grpc as pb_grpc
+from internvl_serve.pb.internvl.v1 import media_pb2
+from internvl_serve.pb.internvl.v1 import vision_encoder_service_pb2 as pb
+from internvl_serve.pb.internvl.v1 import vision_encoder_service_pb2_grpc as pb_grpc
 from internvl_serve.stack.processes import RedisProcess, ServiceProcess
 from report import table, write_json, write_section
 

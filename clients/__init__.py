@@ -2,7 +2,7 @@
 
     from internvl_serve.clients import InternVLClient, AsyncInternVLClient, InternVLError
 
-The public names are loaded on first use, so importing the stubs (internvl_serve.clients.pb...) stays
+The public names are loaded on first use, so importing the stubs (internvl_serve.pb...) stays
 light: it does not import the client, PIL, numpy or PyAV.
 """
 

@@ -123,7 +123,9 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.num_frames < 0:
         raise ValueError("--num-frames must be >= 0")
-    telemetry = _telemetry()
+    from internvl_serve.clients.cli_tracing import tracing_from_env
+
+    telemetry = tracing_from_env()
     client = InternVLClient(args.target, timeout=args.timeout, allow_urls=args.allow_urls, num_frames=args.num_frames,
                             tracer_provider=telemetry.tracer_provider if telemetry else None)  # fmt: skip
     try:
@@ -132,21 +134,6 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         if telemetry is not None:
             telemetry.shutdown()  # export the call's span before exiting
-
-
-def _telemetry():
-    """Traces of this command's calls (service internvl-client) when the OTEL_* environment asks for them,
-    e.g. OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4317; None otherwise or without opentelemetry."""
-    try:
-        from dataclasses import replace
-
-        from internvl_serve.common.telemetry import CLIENT_SERVICE, TelemetrySettings, setup_telemetry
-    except ImportError:
-        return None
-    settings = TelemetrySettings.from_env(CLIENT_SERVICE)
-    if not settings.traces_exporters:
-        return None
-    return setup_telemetry(CLIENT_SERVICE, settings=replace(settings, metrics_exporters=()))
 
 
 def conversation_from_args(args: argparse.Namespace) -> list[dict[str, Any]]:

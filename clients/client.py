@@ -27,8 +27,8 @@ from internvl_serve.clients.channel import ChannelSettings, aio_channel, sync_ch
 from internvl_serve.clients.errors import DeadlineExceededError, InputError, from_rpc_error
 from internvl_serve.clients.fetch import UrlPolicy
 from internvl_serve.clients.messages import encode_request, generate_request, is_batch
-from internvl_serve.clients.pb.internvl.v1 import generation_service_pb2_grpc as gen_grpc
-from internvl_serve.clients.pb.internvl.v1 import vision_encoder_service_pb2_grpc as enc_grpc
+from internvl_serve.pb.internvl.v1 import generation_service_pb2_grpc as gen_grpc
+from internvl_serve.pb.internvl.v1 import vision_encoder_service_pb2_grpc as enc_grpc
 from internvl_serve.clients.results import EncodedMedia, GenerateResult, StreamDelta
 from internvl_serve.clients.sampling import sampling_params
 from internvl_serve.clients.tracing import ENCODE, GENERATE, GENERATE_STREAM, ClientSpan, client_span, current_context

@@ -21,7 +21,7 @@ from typing import Any
 
 from internvl_serve.clients.errors import MediaError
 from internvl_serve.clients.fetch import UrlPolicy, fetch_url, is_url
-from internvl_serve.clients.pb.internvl.v1 import media_pb2
+from internvl_serve.pb.internvl.v1 import media_pb2
 
 IMAGE = "image"
 VIDEO = "video"

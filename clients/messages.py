@@ -15,9 +15,9 @@ from typing import Any
 from internvl_serve.clients import media as m
 from internvl_serve.clients.errors import InputError
 from internvl_serve.clients.fetch import UrlPolicy
-from internvl_serve.clients.pb.internvl.v1 import generation_service_pb2 as pb
-from internvl_serve.clients.pb.internvl.v1 import media_pb2
-from internvl_serve.clients.pb.internvl.v1 import vision_encoder_service_pb2 as enc_pb
+from internvl_serve.pb.internvl.v1 import generation_service_pb2 as pb
+from internvl_serve.pb.internvl.v1 import media_pb2
+from internvl_serve.pb.internvl.v1 import vision_encoder_service_pb2 as enc_pb
 
 ROLES = ("system", "user", "assistant")
 PART_TYPES = ("text", m.IMAGE, m.VIDEO)

@@ -6,9 +6,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from internvl_serve.clients.pb.internvl.v1 import generation_service_pb2 as pb
-from internvl_serve.clients.pb.internvl.v1 import media_pb2
-from internvl_serve.clients.pb.internvl.v1 import vision_encoder_service_pb2 as enc_pb
+from internvl_serve.pb.internvl.v1 import generation_service_pb2 as pb
+from internvl_serve.pb.internvl.v1 import media_pb2
+from internvl_serve.pb.internvl.v1 import vision_encoder_service_pb2 as enc_pb
 
 _FINISH = {pb.FINISH_REASON_STOP: "stop", pb.FINISH_REASON_LENGTH: "length"}
 _MEDIA_TYPE = {media_pb2.MEDIA_TYPE_IMAGE: "image", media_pb2.MEDIA_TYPE_VIDEO: "video"}

@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from internvl_serve.clients.errors import InputError
-from internvl_serve.clients.pb.internvl.v1 import generation_service_pb2 as pb
+from internvl_serve.pb.internvl.v1 import generation_service_pb2 as pb
 
 SAMPLING_KWARGS = (
     "max_new_tokens",

@@ -16,7 +16,7 @@ from .config import (
     prefill_config,
 )
 from .reference import decode_attention_ref, prefill_attention_ref, write_kv_cache_ref
-from .runtime import interpreting, use_triton
+from .backend import interpreting, use_triton
 from .torch_paged import SequenceBlocks, decode_attention_torch, prefill_attention_torch
 from .workspace import DecodeWorkspace
 

@@ -11,7 +11,7 @@ import torch
 
 from . import checks
 from .config import DecodeConfig, PrefillConfig, choose_num_splits, decode_config, num_sms, prefill_config
-from .runtime import interpreting
+from .backend import interpreting
 from .workspace import DecodeWorkspace
 
 
@@ -41,7 +41,7 @@ def write_kv_cache(
     checks.check_vector("slot_mapping", slot_mapping, k.shape[0], torch.int64)
     if k.shape[0] == 0:
         return
-    from .kv_cache import launch_write_kv_cache
+    from .kv_write import launch_write_kv_cache
 
     launch_write_kv_cache(k, v, k_cache, v_cache, slot_mapping)
 

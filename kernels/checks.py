@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .runtime import use_triton
+from .backend import use_triton
 
 ATTN_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256

@@ -16,7 +16,7 @@ import triton.language as tl
 
 from .config import DecodeConfig, next_pow2
 from .prefill import LOG2E, dot_precision
-from .runtime import needs_upcast
+from .backend import needs_upcast
 
 
 @triton.jit

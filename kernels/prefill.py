@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from .config import PrefillConfig
-from .runtime import needs_upcast
+from .backend import needs_upcast
 
 LOG2E = 1.4426950408889634
 

@@ -18,7 +18,7 @@ import grpc
 from opentelemetry import propagate
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from internvl_serve.clients.tracing import rpc_attributes
+from internvl_serve.common.outbound_span import rpc_attributes
 from internvl_serve.common.telemetry import Telemetry
 
 UNTRACED_SERVICES = frozenset({

@@ -23,7 +23,7 @@ def add_decoder(sub: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from internvl_serve.common.logs import setup_logging
     from internvl_serve.decoder.config import decoder_config_from_args
-    from internvl_serve.decoder.server import run_decoder
+    from internvl_serve.decoder.service.server import run_decoder
 
     config = decoder_config_from_args(args)
     setup_logging(config.log_level)

@@ -10,7 +10,7 @@ import torch
 
 from internvl_serve.common.placement import DTYPES, resolve_device, resolve_dtype
 
-from internvl_serve.encoder.cache import CacheSettings
+from internvl_serve.common.embedding_cache import CacheSettings
 from internvl_serve.encoder.media.config import MediaLimits
 
 MiB = 1024 * 1024

@@ -1,4 +1,4 @@
-"""VisionEncoder: media in, projected embeddings out, through the cache, single flight and micro-batches.
+"""EncoderEngine: media in, projected embeddings out, through the cache, single flight and micro-batches.
 
 No gRPC here: the servicer translates protos to these calls, so the same engine is testable directly.
 Tracing: one "internvl.encode_media" span per item (Redis GET/SET, preprocess and vision spans below it;
@@ -20,14 +20,14 @@ from internvl_serve.checkpoint import fingerprint, open_checkpoint
 from internvl_serve.common.errors import InvalidArgument, NotFound, ResourceExhausted
 from internvl_serve.common.logs import log_event
 from internvl_serve.encoder.batcher import MicroBatcher
-from internvl_serve.encoder.blob import MEDIA_IMAGE, MEDIA_VIDEO, EncodedBlob
-from internvl_serve.encoder.cache import EmbeddingCache, make_media_id
+from internvl_serve.common.embedding_blob import MEDIA_IMAGE, MEDIA_VIDEO, EncodedBlob
+from internvl_serve.common.embedding_cache import EmbeddingCache, make_media_id
 from internvl_serve.encoder.config import EncoderConfig
 from internvl_serve.encoder.media.config import load_preprocess
 from internvl_serve.encoder.media.images import decode_image, image_to_tiles
 from internvl_serve.encoder.media.video import VideoDecoder
 from internvl_serve.encoder.metrics import EncoderMetrics
-from internvl_serve.encoder.vision_model import VisionEncoderModel
+from internvl_serve.encoder.vision_model import VisionTowerWithProjector
 
 log = logging.getLogger("internvl_serve.encoder")
 
@@ -59,7 +59,7 @@ class EncodeOutcome:
     in_cache: bool  # the id can be used later (stored now or found there)
 
 
-class VisionEncoder:
+class EncoderEngine:
     def __init__(self, config: EncoderConfig, tracer: trace.Tracer | None = None,
                  metrics: EncoderMetrics | None = None):  # fmt: skip
         self.config = config
@@ -71,7 +71,7 @@ class VisionEncoder:
         state, report = ckpt.load("vision")
         self.model_name = ckpt.path.name
         self.model_fingerprint = fingerprint(state, ckpt.config.vision_config.to_dict(), ckpt.config.downsample_ratio)
-        self.model = VisionEncoderModel.from_state(ckpt.config, state, self.dtype, self.device)
+        self.model = VisionTowerWithProjector.from_state(ckpt.config, state, self.dtype, self.device)
         self.num_parameters = sum(p.numel() for p in self.model.parameters())
         del state
         self.image_pp, self.video_pp, self.tokens_per_tile = load_preprocess(ckpt.path)

@@ -23,7 +23,7 @@ _CACHE_COUNTERS = {
 
 
 class EncoderMetrics:
-    """Instruments of one encoder. `engine()` returns the VisionEncoder once loaded (None before)."""
+    """Instruments of one encoder. `engine()` returns the EncoderEngine once loaded (None before)."""
 
     def __init__(self, meter: Meter, engine: Callable[[], Any]):
         self._engine = engine

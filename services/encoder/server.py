@@ -6,12 +6,12 @@ import asyncio
 import functools
 import logging
 
-from internvl_serve.clients.pb.internvl.v1 import vision_encoder_service_pb2_grpc as pb_grpc
+from internvl_serve.pb.internvl.v1 import vision_encoder_service_pb2_grpc as pb_grpc
 from internvl_serve.common.grpc_server import bind, create_server, serve_until_signal
 from internvl_serve.common.logs import log_event
 from internvl_serve.common.telemetry import ENCODER_SERVICE, Telemetry, setup_telemetry
 from internvl_serve.encoder.config import EncoderConfig
-from internvl_serve.encoder.engine import VisionEncoder
+from internvl_serve.encoder.engine import EncoderEngine
 from internvl_serve.encoder.metrics import EncoderMetrics
 from internvl_serve.encoder.servicer import SERVICE_NAME, EncoderServicer
 
@@ -34,7 +34,7 @@ class EncoderServer:
         self.port = bind(self.server, config.host, config.port)
         self.servicer = EncoderServicer(self.draining)
         pb_grpc.add_VisionEncoderServiceServicer_to_server(self.servicer, self.server)
-        self.engine: VisionEncoder | None = None
+        self.engine: EncoderEngine | None = None
         self.metrics = EncoderMetrics(self.telemetry.meter("internvl_serve.encoder"), lambda: self.engine)
 
     async def start(self) -> None:
@@ -42,7 +42,7 @@ class EncoderServer:
         await self.server.start()  # health answers NOT_SERVING while the model loads
         loop = asyncio.get_running_loop()
         tracer = self.telemetry.tracer("internvl_serve.encoder")
-        load = functools.partial(VisionEncoder, self.config, tracer, self.metrics)
+        load = functools.partial(EncoderEngine, self.config, tracer, self.metrics)
         self.engine = await loop.run_in_executor(None, load)
         await self.engine.start()  # warm-up forward
         self.servicer.engine = self.engine

@@ -1,4 +1,4 @@
-"""internvl.v1.VisionEncoderService over the VisionEncoder engine: protos in, protos out."""
+"""internvl.v1.VisionEncoderService over the EncoderEngine engine: protos in, protos out."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import asyncio
 
 from opentelemetry import trace
 
-from internvl_serve.clients.pb.internvl.v1 import media_pb2, vision_encoder_service_pb2 as pb
-from internvl_serve.clients.pb.internvl.v1 import vision_encoder_service_pb2_grpc as pb_grpc
+from internvl_serve.pb.internvl.v1 import media_pb2, vision_encoder_service_pb2 as pb
+from internvl_serve.pb.internvl.v1 import vision_encoder_service_pb2_grpc as pb_grpc
 from internvl_serve.common.errors import InvalidArgument, Unavailable
-from internvl_serve.encoder.blob import DTYPE_NAMES, MEDIA_IMAGE, tensor_bytes
-from internvl_serve.encoder.engine import EncodeOutcome, ImageInput, MediaInput, MediaRef, VideoInput, VisionEncoder
+from internvl_serve.common.embedding_blob import DTYPE_NAMES, MEDIA_IMAGE, tensor_bytes
+from internvl_serve.encoder.engine import EncodeOutcome, ImageInput, MediaInput, MediaRef, VideoInput, EncoderEngine
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["VisionEncoderService"].full_name
 
@@ -51,7 +51,7 @@ class EncoderServicer(pb_grpc.VisionEncoderServiceServicer):
     model is loaded and warm, and until then calls answer UNAVAILABLE, as health says NOT_SERVING."""
 
     def __init__(self, draining: asyncio.Event):
-        self.engine: VisionEncoder | None = None
+        self.engine: EncoderEngine | None = None
         self.draining = draining
 
     async def Encode(self, request: pb.EncodeRequest, context) -> pb.EncodeResponse:

@@ -119,7 +119,7 @@ class Layer(nn.Module):
         return x + self.lambda_2 * self.mlp(self.layernorm_after(x))
 
 
-class Encoder(nn.Module):
+class VisionLayerStack(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.layer = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
@@ -129,7 +129,7 @@ class VisionTower(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.embeddings = Embeddings(config)
-        self.encoder = Encoder(config)
+        self.encoder = VisionLayerStack(config)
         # With mean pooling the tower's final norm is an identity (it has no weights).
         self.layernorm = nn.Identity() if config.use_mean_pooling else _norm(config, config.hidden_size)
 
@@ -154,7 +154,7 @@ def pixel_shuffle(x: torch.Tensor, scale: float) -> torch.Tensor:
     return x.permute(0, 2, 1, 3).contiguous()
 
 
-class VisionEncoderModel(nn.Module):
+class VisionTowerWithProjector(nn.Module):
     """pixel_values [tiles, 3, H, W] -> projected embeddings [tiles, tokens_per_tile, text_hidden]."""
 
     def __init__(self, config):
@@ -195,7 +195,7 @@ class VisionEncoderModel(nn.Module):
     @classmethod
     def from_state(
         cls, config, state: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32, device="cpu"
-    ) -> "VisionEncoderModel":
+    ) -> "VisionTowerWithProjector":
         """Build on the meta device, then take the vision + projector tensors of `state` (canonical names)."""
         with torch.device("meta"):
             model = cls(config)
@@ -207,7 +207,7 @@ class VisionEncoderModel(nn.Module):
     @classmethod
     def from_checkpoint(
         cls, ckpt: Checkpoint, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
-    ) -> "VisionEncoderModel":
+    ) -> "VisionTowerWithProjector":
         """Load only the vision tower and projector tensors of a checkpoint."""
         state, _ = ckpt.load("vision", dtype=dtype)
         return cls.from_state(ckpt.config, state, dtype, device)

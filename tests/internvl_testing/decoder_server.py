@@ -16,7 +16,7 @@ def decoder_config(model_dir, encoders: list[str], **overrides):
 
 
 def start_decoder(config) -> ServerThread:
-    from internvl_serve.decoder.server import DecoderServer
+    from internvl_serve.decoder.service.server import DecoderServer
 
     return ServerThread(lambda: DecoderServer(config))
 
@@ -24,7 +24,7 @@ def start_decoder(config) -> ServerThread:
 def generation_stub(address: str):
     import grpc
 
-    from internvl_serve.clients.pb.internvl.v1 import generation_service_pb2_grpc as pb_grpc
+    from internvl_serve.pb.internvl.v1 import generation_service_pb2_grpc as pb_grpc
 
     channel = grpc.insecure_channel(address)
     return channel, pb_grpc.GenerationServiceStub(channel)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from internvl_serve.clients.pb.internvl.v1 import media_pb2
-from internvl_serve.clients.pb.internvl.v1 import vision_encoder_service_pb2 as pb
+from internvl_serve.pb.internvl.v1 import media_pb2
+from internvl_serve.pb.internvl.v1 import vision_encoder_service_pb2 as pb
 
 
 def image(data: bytes) -> media_pb2.Media:

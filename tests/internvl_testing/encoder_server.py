@@ -8,7 +8,7 @@ from internvl_testing.servers import ServerThread
 
 
 def encoder_config(model_dir, redis_url, **overrides):
-    from internvl_serve.encoder.cache import CacheSettings
+    from internvl_serve.common.embedding_cache import CacheSettings
     from internvl_serve.encoder.config import EncoderConfig
 
     cache = CacheSettings(
@@ -31,7 +31,7 @@ def start_encoder(config) -> ServerThread:
 def encoder_stub(address: str):
     import grpc
 
-    from internvl_serve.clients.pb.internvl.v1 import vision_encoder_service_pb2_grpc as pb_grpc
+    from internvl_serve.pb.internvl.v1 import vision_encoder_service_pb2_grpc as pb_grpc
 
     channel = grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 256 << 20)])
     return channel, pb_grpc.VisionEncoderServiceStub(channel)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from internvl_serve.clients.pb.internvl.v1 import generation_service_pb2 as pb
-from internvl_serve.clients.pb.internvl.v1 import media_pb2
+from internvl_serve.pb.internvl.v1 import generation_service_pb2 as pb
+from internvl_serve.pb.internvl.v1 import media_pb2
 
 
 def _media(part: dict) -> media_pb2.Media:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from internvl_serve.decoder.media import MediaEmbedding
+from internvl_serve.decoder.engine.media import MediaEmbedding
 from internvl_serve.oracle.media import collect_media
 
 Chat = list[dict[str, Any]]

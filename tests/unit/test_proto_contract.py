@@ -1,4 +1,4 @@
-"""The public gRPC contract (proto/internvl/v1) and its generated Python stubs (clients/pb).
+"""The public gRPC contract (proto/internvl/v1) and its generated Python stubs (proto/pb).
 
 Invariants: the checked-in stubs are exactly what `python scripts/gen_proto.py` makes; the protos pass
 buf-STANDARD-style lint rules plus "everything has a comment"; the names and field numbers fixed in
@@ -16,7 +16,7 @@ from types import ModuleType
 import pytest
 from google.protobuf import descriptor_pb2
 
-from internvl_serve.clients.pb.internvl.v1 import (
+from internvl_serve.pb.internvl.v1 import (
     generation_service_pb2,
     generation_service_pb2_grpc,  # noqa: F401  (importing it is part of the contract)
     media_pb2,
@@ -25,7 +25,7 @@ from internvl_serve.clients.pb.internvl.v1 import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-STUBS_DIR = REPO_ROOT / "clients" / "pb"
+STUBS_DIR = REPO_ROOT / "proto" / "pb"
 REGENERATE = "python scripts/gen_proto.py"
 
 FDP = descriptor_pb2.FieldDescriptorProto
@@ -64,7 +64,7 @@ def test_checked_in_stubs_are_exactly_what_the_generator_makes(tmp_path: Path) -
     fresh, checked_in = _tree(tmp_path / "pb"), _tree(STUBS_DIR)
     stale = sorted(name for name in fresh.keys() | checked_in.keys() if fresh.get(name) != checked_in.get(name))
     assert not stale, (
-        f"clients/pb/ is out of date with proto/ (differs: {', '.join(stale)}). "
+        f"proto/pb/ is out of date with proto/ (differs: {', '.join(stale)}). "
         f"Run `{REGENERATE}` from the repository root and commit the result."
     )
 

@@ -8,8 +8,8 @@ import time
 import grpc
 import pytest
 
-from internvl_serve.clients.pb.internvl.v1 import generation_service_pb2 as pb
-from internvl_serve.clients.pb.internvl.v1 import media_pb2
+from internvl_serve.pb.internvl.v1 import generation_service_pb2 as pb
+from internvl_serve.pb.internvl.v1 import media_pb2
 from internvl_testing.decoder_server import decoder_config, generation_stub, start_decoder
 from internvl_testing.encoder_server import encoder_config, start_encoder
 from internvl_testing.generate_requests import generate_request, stream_request

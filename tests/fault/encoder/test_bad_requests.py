@@ -6,7 +6,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from internvl_serve.clients.pb.internvl.v1 import media_pb2
+from internvl_serve.pb.internvl.v1 import media_pb2
 from internvl_testing.encode_requests import image, ref, request, video
 from internvl_testing.encoder_server import encoder_config, encoder_stub, start_encoder
 from internvl_testing.media import image_bytes, noise_image

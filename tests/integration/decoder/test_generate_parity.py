@@ -6,7 +6,7 @@ import concurrent.futures
 
 import pytest
 
-from internvl_serve.clients.pb.internvl.v1 import generation_service_pb2 as pb
+from internvl_serve.pb.internvl.v1 import generation_service_pb2 as pb
 from internvl_testing.generate_requests import generate_request, stream_request
 
 MAX_NEW = 12

@@ -15,7 +15,7 @@ from internvl_testing.generate_requests import generate_request, stream_request
 def test_decoder_process_serves_and_drains_on_sigterm(tiny_model_dir, media_dir, tmp_path):
     from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-    from internvl_serve.clients.pb.internvl.v1 import generation_service_pb2_grpc as pb_grpc
+    from internvl_serve.pb.internvl.v1 import generation_service_pb2_grpc as pb_grpc
 
     encoder = ServiceProcess("encoder", ["--model", str(tiny_model_dir)], log_path=tmp_path / "encoder.log")
     decoder = ServiceProcess(

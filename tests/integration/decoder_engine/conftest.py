@@ -33,15 +33,16 @@ def expected(oracle, chats):
 
 @pytest.fixture(scope="session")
 def runtime(tiny_model_dir):
-    from internvl_serve.decoder import DecoderConfig, load_runtime
+    from internvl_serve.decoder.config import DecoderConfig
+    from internvl_serve.decoder.engine import load_model
 
-    return load_runtime(DecoderConfig(model=str(tiny_model_dir), num_kv_blocks=256, max_num_seqs=8,
+    return load_model(DecoderConfig(model=str(tiny_model_dir), num_kv_blocks=256, max_num_seqs=8,
                                       max_tokens_per_step=512))
 
 
 @pytest.fixture
 def run_engine(runtime):
-    from internvl_serve.decoder import Engine
+    from internvl_serve.decoder.engine import Engine
 
     def run(test, runtime_=None, **overrides):
         rt = runtime_ or runtime
@@ -67,7 +68,7 @@ def run_engine(runtime):
 
 @pytest.fixture
 def request_for(chats, media):
-    from internvl_serve.decoder import GenerationRequest, SamplingParams
+    from internvl_serve.decoder.engine import GenerationRequest, SamplingParams
 
     def make(name, **sampling):
         sampling.setdefault("max_new_tokens", MAX_NEW)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from internvl_serve.common.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavailable
-from internvl_serve.decoder import GenerationRequest, MediaEmbedding, SamplingParams
+from internvl_serve.decoder.engine import GenerationRequest, MediaEmbedding, SamplingParams
 
 LONG = {"max_new_tokens": 1000, "ignore_eos": True}  # would run for seconds: only an early end stops it
 
@@ -120,7 +120,7 @@ def test_prompt_longer_than_the_context(run_engine, request_for, runtime):
 
 
 def test_too_many_media_items(run_engine, request_for, runtime):
-    from internvl_serve.decoder.prompt import PromptBuilder
+    from internvl_serve.decoder.engine.prompt import PromptBuilder
 
     rt = dataclasses.replace(runtime, prompt_builder=PromptBuilder(runtime.tokenizer, max_media=1))
 
@@ -132,7 +132,7 @@ def test_too_many_media_items(run_engine, request_for, runtime):
 
 
 def test_close_fails_unfinished_requests_with_unavailable(runtime, request_for):
-    from internvl_serve.decoder import Engine
+    from internvl_serve.decoder.engine import Engine
 
     async def main():
         engine = Engine(runtime)

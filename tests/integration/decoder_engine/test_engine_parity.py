@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from internvl_testing.engine_testing import MAX_NEW
 
-from internvl_serve.decoder import FinishReason
+from internvl_serve.decoder.engine import FinishReason
 
 NAMES = ["text only", "one image", "several images", "video"]
 
@@ -53,7 +53,7 @@ def test_tokens_are_the_same_when_joining_a_running_batch(run_engine, request_fo
 
 @pytest.mark.parametrize("name", ["text only", "several images"])
 def test_first_step_logits_match_transformers(name, run_engine, request_for, oracle, chats):
-    from internvl_serve.decoder.stream import new_sequence
+    from internvl_serve.decoder.engine.sequence_factory import new_sequence
 
     reference = oracle.logits(chats[name])[0, -1]
 

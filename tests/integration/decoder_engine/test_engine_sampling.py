@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
-from internvl_serve.decoder import FinishReason
+from internvl_serve.decoder.engine import FinishReason
 
 SAMPLED = {"temperature": 1.5, "top_p": 0.95, "top_k": 50}
 

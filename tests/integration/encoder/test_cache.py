@@ -8,7 +8,7 @@ import time
 import grpc
 import pytest
 
-from internvl_serve.encoder.cache import KEY_PREFIX
+from internvl_serve.common.embedding_cache import KEY_PREFIX
 from internvl_testing.encode_requests import embeddings, image, ref, request
 from internvl_testing.encoder_server import encoder_config, encoder_stub, start_encoder
 from internvl_testing.media import image_bytes, noise_image

@@ -48,7 +48,7 @@ def _wait_serving(channel, timeout=90.0):
 def test_encoder_process_serves_and_stops_on_sigterm(tiny_model_dir, redis_server):
     from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-    from internvl_serve.clients.pb.internvl.v1 import vision_encoder_service_pb2_grpc as pb_grpc
+    from internvl_serve.pb.internvl.v1 import vision_encoder_service_pb2_grpc as pb_grpc
 
     port = free_port()
     proc = _serve(tiny_model_dir, redis_server.url, port)

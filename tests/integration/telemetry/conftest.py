@@ -21,7 +21,7 @@ def traced_stack(tiny_model_dir):
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
     from internvl_serve.clients import InternVLClient
-    from internvl_serve.decoder.server import DecoderServer
+    from internvl_serve.decoder.service.server import DecoderServer
     from internvl_serve.encoder.server import EncoderServer
 
     spans = InMemorySpanExporter()

@@ -14,7 +14,7 @@ import pytest
 
 from internvl_serve.clients import AsyncInternVLClient, InternVLClient
 from internvl_serve.clients import errors as e
-from internvl_serve.clients.pb.internvl.v1 import generation_service_pb2 as pb
+from internvl_serve.pb.internvl.v1 import generation_service_pb2 as pb
 
 
 class EchoServer:

@@ -11,8 +11,8 @@ import pytest
 
 from internvl_serve.clients import ChannelSettings, InternVLClient
 from internvl_serve.clients import errors as e
-from internvl_serve.clients.pb.internvl.v1 import generation_service_pb2 as gen_pb
-from internvl_serve.clients.pb.internvl.v1 import vision_encoder_service_pb2 as enc_pb
+from internvl_serve.pb.internvl.v1 import generation_service_pb2 as gen_pb
+from internvl_serve.pb.internvl.v1 import vision_encoder_service_pb2 as enc_pb
 
 PNG = b"\x89PNG\r\n\x1a\n-not-decoded-here"
 

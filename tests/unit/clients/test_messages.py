@@ -12,7 +12,7 @@ import pytest
 from internvl_serve.clients.errors import InputError, MediaError
 from internvl_serve.clients.fetch import UrlPolicy
 from internvl_serve.clients.messages import encode_request, generate_request, is_batch, to_proto_messages
-from internvl_serve.clients.pb.internvl.v1 import generation_service_pb2 as pb
+from internvl_serve.pb.internvl.v1 import generation_service_pb2 as pb
 from internvl_serve.clients.results import EncodedMedia
 from internvl_serve.clients.sampling import sampling_params
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from internvl_serve.clients.errors import InputError
-from internvl_serve.clients.pb.internvl.v1 import generation_service_pb2 as pb
+from internvl_serve.pb.internvl.v1 import generation_service_pb2 as pb
 from internvl_serve.clients.sampling import SAMPLING_KWARGS, sampling_params
 
 

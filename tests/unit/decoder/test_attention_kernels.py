@@ -14,13 +14,13 @@ import sys
 
 import torch
 
-from internvl_serve.decoder.attention import paged_attention
-from internvl_serve.decoder.block_manager import BlockManager
-from internvl_serve.decoder.kv_cache import KVCache, KVCacheSpec
-from internvl_serve.decoder.model_runner import ModelRunner
-from internvl_serve.decoder.sampling_params import SamplingParams
-from internvl_serve.decoder.scheduler import ScheduledChunk
-from internvl_serve.decoder.sequence import Sequence
+from internvl_serve.decoder.engine.attention import paged_attention
+from internvl_serve.decoder.engine.block_manager import BlockManager
+from internvl_serve.decoder.engine.kv_cache import KVCache, KVCacheSpec
+from internvl_serve.decoder.engine.model_runner import ModelRunner
+from internvl_serve.decoder.engine.sampling_params import SamplingParams
+from internvl_serve.decoder.engine.scheduler import ScheduledChunk
+from internvl_serve.decoder.engine.sequence import Sequence
 
 HQ, HKV, D, BS = 4, 2, 16, 4
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from internvl_serve.decoder.block_manager import BlockManager, OutOfBlocks
+from internvl_serve.decoder.engine.block_manager import BlockManager, OutOfBlocks
 
 
 def test_grow_allocates_whole_blocks_in_position_order():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from internvl_serve.decoder.config import MiB, DecoderConfig, add_decoder_arguments, decoder_config_from_args
-from internvl_serve.decoder.kv_cache import KVCacheSpec, num_kv_blocks
+from internvl_serve.decoder.engine.kv_cache import KVCacheSpec, num_kv_blocks
 
 
 def parse(*argv: str) -> DecoderConfig:

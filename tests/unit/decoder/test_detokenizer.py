@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from internvl_serve.decoder.detokenizer import IncrementalDetokenizer
+from internvl_serve.decoder.engine.detokenizer import IncrementalDetokenizer
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ import torch
 from internvl_testing.oracle_media import media_embeddings, tile_counts
 
 from internvl_serve.common.errors import InvalidArgument
-from internvl_serve.decoder.media import MediaEmbedding
-from internvl_serve.decoder.prompt import PromptBuilder
-from internvl_serve.decoder.sampling_params import SamplingParams
-from internvl_serve.decoder.stream import resolve_max_new_tokens
+from internvl_serve.decoder.engine.media import MediaEmbedding
+from internvl_serve.decoder.engine.prompt import PromptBuilder
+from internvl_serve.decoder.engine.sampling_params import SamplingParams
+from internvl_serve.decoder.engine.sequence_factory import resolve_max_new_tokens
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from internvl_serve.checkpoint import open_checkpoint
-from internvl_serve.decoder.qwen2 import Qwen2ForCausalLM, RotaryEmbedding
+from internvl_serve.decoder.engine.qwen2 import Qwen2ForCausalLM, RotaryEmbedding
 
 
 def test_rope_matches_transformers_for_the_checkpoint_config(tiny_model_dir):

@@ -11,8 +11,8 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from internvl_serve.decoder.sampler import SamplingRow, make_generator, process_logits, sample
-from internvl_serve.decoder.sampling_params import SamplingParams
+from internvl_serve.decoder.engine.sampler import SamplingRow, make_generator, process_logits, sample
+from internvl_serve.decoder.engine.sampling_params import SamplingParams
 
 V = 50
 

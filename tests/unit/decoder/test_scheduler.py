@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from internvl_serve.common.errors import ResourceExhausted
-from internvl_serve.decoder.block_manager import BlockManager
-from internvl_serve.decoder.request import FinishReason
-from internvl_serve.decoder.sampling_params import SamplingParams
-from internvl_serve.decoder.scheduler import Scheduler
-from internvl_serve.decoder.sequence import Sequence, SequenceStatus
+from internvl_serve.decoder.engine.block_manager import BlockManager
+from internvl_serve.decoder.engine.request import FinishReason
+from internvl_serve.decoder.engine.sampling_params import SamplingParams
+from internvl_serve.decoder.engine.scheduler import Scheduler
+from internvl_serve.decoder.engine.sequence import Sequence, SequenceStatus
 
 _ids = iter(range(10**6))
 
@@ -22,16 +22,9 @@ def scheduler(num_blocks=64, block_size=4, max_num_seqs=8, max_tokens=32, max_qu
     return Scheduler(BlockManager(num_blocks, block_size), max_num_seqs, max_tokens, max_queue)
 
 
-def advance(s: Scheduler, out) -> None:
-    """What the engine does after the model ran: advance, append a token when sampled, finish at max_new."""
-    for chunk in out.chunks:
-        seq = chunk.seq
-        sampled = chunk.samples
-        seq.num_computed_tokens = chunk.end
-        if sampled:
-            seq.output_ids.append(7)
-            if len(seq.output_ids) >= seq.max_new_tokens:
-                s.finish(seq, FinishReason.LENGTH)
+def advance(s: Scheduler, out) -> list:
+    """What the engine does after the model ran: hand the scheduler one sampled token (7) per sampling chunk."""
+    return s.update_from_output(out, [7] * sum(c.samples for c in out.chunks))
 
 
 def step(s: Scheduler):
@@ -165,3 +158,41 @@ def test_two_requests_that_cannot_fit_together_both_finish():
     assert len(a.output_ids) == 6 and len(b.output_ids) == 6
     assert a.num_preemptions + b.num_preemptions >= 1
     assert s.block_manager.num_free_blocks == 5
+
+
+def test_update_from_output_advances_appends_and_stops_on_eos_or_length():
+    s = scheduler(max_tokens=64)
+    a = Sequence(next(_ids), "a", list(range(6)), SamplingParams(), 3, frozenset({99}))
+    b = seq(6, max_new=2)
+    s.add(a)
+    s.add(b)
+    out = s.schedule()
+    appended = s.update_from_output(out, [5, 6])
+    assert [(t.seq, t.token, t.finish_reason) for t in appended] == [(a, 5, None), (b, 6, None)]
+    assert a.num_computed_tokens == 6 and a.output_ids == [5]
+    appended = s.update_from_output(s.schedule(), [99, 8])  # eos for a, b reaches max_new_tokens
+    assert [(t.token, t.finish_reason) for t in appended] == [(99, FinishReason.STOP), (8, FinishReason.LENGTH)]
+    assert a.is_finished and b.is_finished and a.finish_reason is FinishReason.STOP
+    assert not s.has_work() and s.block_manager.num_free_blocks == s.block_manager.num_total_blocks
+
+
+def test_update_from_output_skips_a_sequence_finished_while_the_step_ran():
+    s = scheduler(max_tokens=64)
+    a, b = seq(4), seq(4)
+    s.add(a)
+    s.add(b)
+    out = s.schedule()
+    s.finish(a)  # cancelled during the model step
+    appended = s.update_from_output(out, [1, 2])
+    assert [(t.seq, t.token) for t in appended] == [(b, 2)]
+    assert a.output_ids == [] and b.output_ids == [2]
+
+
+def test_update_from_output_leaves_a_mid_prompt_chunk_without_a_token():
+    s = scheduler(max_tokens=8)
+    a = seq(20)
+    s.add(a)
+    out = s.schedule()
+    assert not out.chunks[0].samples
+    assert s.update_from_output(out, []) == []
+    assert a.num_computed_tokens == 8 and a.output_ids == []

@@ -20,9 +20,9 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from internvl_serve.common.logs import log_event
-from internvl_serve.encoder.blob import BlobError, EncodedBlob, pack, unpack
+from internvl_serve.common.embedding_blob import BlobError, EncodedBlob, pack, unpack
 
-log = logging.getLogger("internvl_serve.encoder.cache")
+log = logging.getLogger("internvl_serve.common.embedding_cache")
 KEY_PREFIX = "internvl:emb:v1"
 # media_id = "{preprocess fingerprint}-{sha256 of the bytes}": with the model fingerprint, the cache key.
 _MEDIA_ID = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{64})$")

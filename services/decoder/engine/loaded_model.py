@@ -1,4 +1,4 @@
-"""DecoderRuntime: what is loaded once per process (weights, tokenizer, stopping ids, context length)."""
+"""LoadedModel: what is loaded once per process (weights, tokenizer, stopping ids, context length)."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ import torch
 from internvl_serve.checkpoint import CheckpointError, open_checkpoint
 from internvl_serve.common.logs import log_event
 from internvl_serve.decoder.config import DecoderConfig
-from internvl_serve.decoder.prompt import PromptBuilder
-from internvl_serve.decoder.qwen2 import Qwen2ForCausalLM
+from internvl_serve.decoder.engine.prompt import PromptBuilder
+from internvl_serve.decoder.engine.qwen2 import Qwen2ForCausalLM
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class DecoderRuntime:
+class LoadedModel:
     config: DecoderConfig
     model: Qwen2ForCausalLM
     tokenizer: object  # a transformers tokenizer, for detokenizing (used on the engine's loop only)
@@ -53,7 +53,7 @@ def eos_token_ids(model_dir: Path, text_config, tokenizer) -> frozenset[int]:
     raise CheckpointError(f"{model_dir}: no eos_token_id in generation_config.json, config.json or the tokenizer")
 
 
-def load_runtime(config: DecoderConfig) -> DecoderRuntime:
+def load_model(config: DecoderConfig) -> LoadedModel:
     """Open the checkpoint and load only the language model, lm_head and tokenizer."""
     from transformers import AutoTokenizer
 
@@ -70,7 +70,7 @@ def load_runtime(config: DecoderConfig) -> DecoderRuntime:
     model = Qwen2ForCausalLM.from_checkpoint(ckpt, dtype=dtype, device=device)
     tokenizer = AutoTokenizer.from_pretrained(str(ckpt.path))  # detokenizing, on the engine's loop
     prompt_tokenizer = AutoTokenizer.from_pretrained(str(ckpt.path))  # prompt building, in its own thread
-    runtime = DecoderRuntime(
+    runtime = LoadedModel(
         config=config,
         model=model,
         tokenizer=tokenizer,

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 import torch
+from opentelemetry import trace
 
-from internvl_serve.clients.pb.internvl.v1 import media_pb2
-from internvl_serve.clients.pb.internvl.v1 import vision_encoder_service_pb2 as pb
-from internvl_serve.clients.pb.internvl.v1 import vision_encoder_service_pb2_grpc as pb_grpc
-from internvl_serve.clients.tracing import ENCODE, client_span, get_tracer
+from internvl_serve.pb.internvl.v1 import media_pb2
+from internvl_serve.pb.internvl.v1 import vision_encoder_service_pb2 as pb
+from internvl_serve.pb.internvl.v1 import vision_encoder_service_pb2_grpc as pb_grpc
 from internvl_serve.common.errors import (
     DeadlineExceeded,
     InvalidArgument,
@@ -29,8 +29,10 @@ from internvl_serve.common.errors import (
     Unavailable,
 )
 from internvl_serve.common.logs import log_event
+from internvl_serve.common.outbound_span import outbound_span
 
-log = logging.getLogger("internvl_serve.encoder_client")
+log = logging.getLogger("internvl_serve.decoder.encoder_client")
+ENCODE = "internvl.v1.VisionEncoderService/Encode"
 
 _PASS_THROUGH = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
@@ -92,7 +94,7 @@ class EncoderClient:
         self._next = itertools.cycle(range(len(addresses)))
         # The encoders' vision-model fingerprint (part of every cache key), learned from their answers.
         self.model_fingerprint = ""
-        self._tracer = tracer if tracer is not None else get_tracer()
+        self._tracer = tracer if tracer is not None else trace.get_tracer("internvl_serve.decoder")
 
     async def close(self) -> None:
         await asyncio.gather(*(c.close() for c in self._channels), return_exceptions=True)
@@ -106,7 +108,7 @@ class EncoderClient:
             timeout = None if deadline is None else deadline - time.monotonic()
             if timeout is not None and timeout <= 0:
                 raise DeadlineExceeded("the deadline passed while waiting for the vision encoder")
-            span = client_span(self._tracer, ENCODE, self.addresses[index],
+            span = outbound_span(self._tracer, ENCODE, self.addresses[index],
                                {"internvl.media.count": len(media), "internvl.rpc.attempt": attempt + 1})  # fmt: skip
             try:
                 reply = await self._stubs[index].Encode(request, timeout=timeout, metadata=span.metadata)

@@ -19,17 +19,18 @@ from dataclasses import dataclass
 
 from internvl_serve.common.errors import InvalidArgument, ServiceError, Unavailable
 from internvl_serve.common.logs import log_event
-from internvl_serve.decoder.block_manager import BlockManager
+from internvl_serve.decoder.engine.block_manager import BlockManager
 from internvl_serve.decoder.config import DecoderConfig
-from internvl_serve.decoder.kv_cache import KVCache, KVCacheSpec, num_kv_blocks
-from internvl_serve.decoder.model_runner import ModelRunner, StepInputs
-from internvl_serve.decoder.request import GenerationDelta, GenerationRequest, GenerationResult
-from internvl_serve.decoder.runtime import DecoderRuntime
-from internvl_serve.decoder.sampler import SamplingRow, sample
-from internvl_serve.decoder.sampling_params import SamplingParams
-from internvl_serve.decoder.scheduler import ScheduledChunk, Scheduler
-from internvl_serve.decoder.sequence import Sequence
-from internvl_serve.decoder.stream import RequestStream, new_sequence
+from internvl_serve.decoder.engine.kv_cache import KVCache, KVCacheSpec, num_kv_blocks
+from internvl_serve.decoder.engine.model_runner import ModelRunner, StepInputs
+from internvl_serve.decoder.engine.request import GenerationDelta, GenerationRequest, GenerationResult
+from internvl_serve.decoder.engine.loaded_model import LoadedModel
+from internvl_serve.decoder.engine.sampler import SamplingRow, sample
+from internvl_serve.decoder.engine.sampling_params import SamplingParams
+from internvl_serve.decoder.engine.scheduler import SampledToken, Scheduler
+from internvl_serve.decoder.engine.sequence import Sequence
+from internvl_serve.decoder.engine.output_stream import RequestStream
+from internvl_serve.decoder.engine.sequence_factory import new_sequence
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +46,9 @@ class EngineStats:
 
 
 class Engine:
-    """One per event loop. Build it from a loaded DecoderRuntime (cheap: allocates the KV cache)."""
+    """One per event loop. Build it from a loaded LoadedModel (cheap: allocates the KV cache)."""
 
-    def __init__(self, runtime: DecoderRuntime, config: DecoderConfig | None = None):
+    def __init__(self, runtime: LoadedModel, config: DecoderConfig | None = None):
         self.runtime = runtime
         self.config = config or runtime.config
         cfg = self.config
@@ -249,7 +250,7 @@ class Engine:
                 self._abort(chunk.seq, error)
             return
         self._num_steps += 1
-        self._postprocess(out.chunks, tokens)
+        self._deliver(self.scheduler.update_from_output(out, tokens))
 
     def _execute(self, inputs: StepInputs, rows: list[SamplingRow]) -> list[int]:
         return sample(self.runner.execute(inputs), rows)
@@ -260,20 +261,17 @@ class Engine:
             if stream.seq.deadline is not None and now >= stream.seq.deadline:
                 self._abort(stream.seq, stream.deadline_error())
 
-    def _postprocess(self, chunks: list[ScheduledChunk], tokens: list[int]) -> None:
-        sampled = iter(tokens)
-        for chunk in chunks:
-            token = next(sampled) if chunk.samples else None
-            seq = chunk.seq
-            if seq.is_finished:  # cancelled or expired while the step ran
-                continue
-            seq.num_computed_tokens = chunk.end
-            if token is None:
-                continue
+    def _deliver(self, appended: list[SampledToken]) -> None:
+        """Turn the step's new tokens into deltas for their consumers; a stop string finishes its sequence."""
+        for item in appended:
+            seq = item.seq
             stream = self._streams[seq.seq_id]
-            delta = stream.add_token(token, self.runtime.context_len)
+            delta = stream.delta_for(item.token, item.finish_reason)
             if delta.finished:
-                self.scheduler.finish(seq, delta.finish_reason)
+                if seq.is_finished:
+                    seq.finish_reason = delta.finish_reason  # a stop string outranks the length limit
+                else:
+                    self.scheduler.finish(seq, delta.finish_reason)
                 del self._streams[seq.seq_id]
                 log_event(logger, "decoder.request_finished", request_id=seq.request_id,
                           finish_reason=delta.finish_reason.value, input_tokens=delta.usage.input_tokens,

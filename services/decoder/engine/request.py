@@ -6,8 +6,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-from internvl_serve.decoder.media import MediaEmbedding
-from internvl_serve.decoder.sampling_params import SamplingParams
+from internvl_serve.decoder.engine.media import MediaEmbedding
+from internvl_serve.decoder.engine.sampling_params import SamplingParams
 
 
 class FinishReason(enum.Enum):

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from internvl_serve.decoder.request import FinishReason
-from internvl_serve.decoder.sampling_params import SamplingParams
+from internvl_serve.decoder.engine.request import FinishReason
+from internvl_serve.decoder.engine.sampling_params import SamplingParams
 
 
 class SequenceStatus(enum.Enum):

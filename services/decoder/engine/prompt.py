@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from internvl_serve.common.errors import InvalidArgument
-from internvl_serve.decoder.media import MediaEmbedding
+from internvl_serve.decoder.engine.media import MediaEmbedding
 
 ROLES = ("system", "user", "assistant")
 PART_TYPES = ("text", "image", "video")

@@ -11,16 +11,16 @@ from collections.abc import AsyncIterator
 
 from opentelemetry import trace
 
-from internvl_serve.clients.pb.internvl.v1 import generation_service_pb2 as pb
-from internvl_serve.clients.pb.internvl.v1 import generation_service_pb2_grpc as pb_grpc
-from internvl_serve.common.encoder_client import EncoderClient
+from internvl_serve.pb.internvl.v1 import generation_service_pb2 as pb
+from internvl_serve.pb.internvl.v1 import generation_service_pb2_grpc as pb_grpc
+from internvl_serve.decoder.service.encoder_client import EncoderClient
 from internvl_serve.common.errors import Unavailable
-from internvl_serve.decoder.chat_telemetry import ChatTrace, DecoderMetrics
-from internvl_serve.decoder.engine import Engine
-from internvl_serve.decoder.media import MediaEmbedding
-from internvl_serve.decoder.media_ids import MediaIdLookup
-from internvl_serve.decoder.messages import chat_from_proto, check_request_id, fix_media_types, sampling_from_proto
-from internvl_serve.decoder.request import FinishReason, GenerationDelta, GenerationRequest, Usage
+from internvl_serve.decoder.service.chat_telemetry import ChatTrace, DecoderMetrics
+from internvl_serve.decoder.engine.engine_loop import Engine
+from internvl_serve.decoder.engine.media import MediaEmbedding
+from internvl_serve.decoder.service.media_ids import MediaIdLookup
+from internvl_serve.decoder.service.proto_convert import chat_from_proto, check_request_id, fix_media_types, sampling_from_proto
+from internvl_serve.decoder.engine.request import FinishReason, GenerationDelta, GenerationRequest, Usage
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GenerationService"].full_name
 _FINISH = {FinishReason.STOP: pb.FINISH_REASON_STOP, FinishReason.LENGTH: pb.FINISH_REASON_LENGTH}

@@ -4,7 +4,7 @@
 import grpc
 import warnings
 
-from internvl_serve.clients.pb.internvl.v1 import vision_encoder_service_pb2 as internvl_dot_v1_dot_vision__encoder__service__pb2
+from internvl_serve.pb.internvl.v1 import vision_encoder_service_pb2 as internvl_dot_v1_dot_vision__encoder__service__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

@@ -23,7 +23,7 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
-from internvl_serve.clients.pb.internvl.v1 import media_pb2 as internvl_dot_v1_dot_media__pb2
+from internvl_serve.pb.internvl.v1 import media_pb2 as internvl_dot_v1_dot_media__pb2
 
 
 DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(internvl/v1/vision_encoder_service.proto\x12\x0binternvl.v1\x1a\x17internvl/v1/media.proto\"M\n\rEncodeRequest\x12!\n\x05media\x18\x01 \x03(\x0b\x32\x12.internvl.v1.Media\x12\x19\n\x11return_embeddings\x18\x02 \x01(\x08\"\xf1\x01\n\x0c\x45ncodedMedia\x12\x10\n\x08media_id\x18\x01 \x01(\t\x12\x11\n\tnum_tiles\x18\x02 \x01(\r\x12\x12\n\nnum_tokens\x18\x03 \x01(\r\x12\x11\n\tcache_hit\x18\x04 \x01(\x08\x12\'\n\nembeddings\x18\x05 \x01(\x0b\x32\x13.internvl.v1.Tensor\x12*\n\nmedia_type\x18\x06 \x01(\x0e\x32\x16.internvl.v1.MediaType\x12\x12\n\nnum_frames\x18\x07 \x01(\r\x12\x17\n\x0ftokens_per_tile\x18\x08 \x01(\r\x12\x13\n\x0bttl_seconds\x18\t \x01(\r\"d\n\x0e\x45ncodeResponse\x12(\n\x05media\x18\x01 \x03(\x0b\x32\x19.internvl.v1.EncodedMedia\x12\r\n\x05model\x18\x02 \x01(\t\x12\x19\n\x11model_fingerprint\x18\x03 \x01(\t2Y\n\x14VisionEncoderService\x12\x41\n\x06\x45ncode\x12\x1a.internvl.v1.EncodeRequest\x1a\x1b.internvl.v1.EncodeResponseb\x06proto3')

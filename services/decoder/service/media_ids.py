@@ -8,10 +8,10 @@ as before, which answers from the same cache or with NOT_FOUND.
 
 from __future__ import annotations
 
-from internvl_serve.clients.pb.internvl.v1 import media_pb2
-from internvl_serve.common.encoder_client import EncodedResult
-from internvl_serve.encoder.blob import MEDIA_VIDEO
-from internvl_serve.encoder.cache import CacheSettings, EmbeddingCache
+from internvl_serve.pb.internvl.v1 import media_pb2
+from internvl_serve.decoder.service.encoder_client import EncodedResult
+from internvl_serve.common.embedding_blob import MEDIA_VIDEO
+from internvl_serve.common.embedding_cache import CacheSettings, EmbeddingCache
 
 class MediaIdLookup:
     def __init__(self, redis_url: str):

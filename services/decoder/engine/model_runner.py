@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import torch
 
-from internvl_serve.decoder.attention import AttentionMetadata
-from internvl_serve.decoder.kv_cache import KVCache
-from internvl_serve.decoder.qwen2 import Qwen2ForCausalLM
-from internvl_serve.decoder.scheduler import ScheduledChunk
+from internvl_serve.decoder.engine.attention import AttentionMetadata
+from internvl_serve.decoder.engine.kv_cache import KVCache
+from internvl_serve.decoder.engine.qwen2 import Qwen2ForCausalLM
+from internvl_serve.decoder.engine.scheduler import ScheduledChunk
 
 
 @dataclass

@@ -13,7 +13,7 @@ from transformers.activations import ACT2FN
 
 from internvl_serve.checkpoint import Checkpoint, CheckpointError, assign
 from internvl_serve.common.layers import RMSNorm
-from internvl_serve.decoder.attention import AttentionMetadata, paged_attention
+from internvl_serve.decoder.engine.attention import AttentionMetadata, paged_attention
 
 # RoPE types whose frequencies do not depend on the sequence length up to max_position_embeddings
 # ("dynamic" NTK scaling only changes them beyond it, and longer contexts are refused).

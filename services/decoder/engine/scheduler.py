@@ -6,6 +6,11 @@ sequences, then admissions from the waiting queue, all within `max_tokens_per_st
 prefill, so a long prompt never stalls the running streams). When a decode needs a block and none is
 free, the most recently admitted running sequence is preempted: its blocks are freed and it goes back to
 the front of the waiting queue, to be recomputed (prompt + output so far) when it is admitted again.
+
+A step ends in `update_from_output` (the one postprocess, as in nano-vllm and vLLM v1): it advances each
+chunk's computed tokens, appends the sampled tokens, applies the token-level stopping rules (eos,
+max_new_tokens) and finishes and frees what stopped. Stop strings need text: the engine's output stream
+checks them and calls `finish`.
 """
 
 from __future__ import annotations
@@ -14,9 +19,9 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from internvl_serve.common.errors import ResourceExhausted
-from internvl_serve.decoder.block_manager import BlockManager
-from internvl_serve.decoder.request import FinishReason
-from internvl_serve.decoder.sequence import Sequence, SequenceStatus
+from internvl_serve.decoder.engine.block_manager import BlockManager
+from internvl_serve.decoder.engine.request import FinishReason
+from internvl_serve.decoder.engine.sequence import Sequence, SequenceStatus
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,16 @@ class ScheduledChunk:
     def samples(self) -> bool:
         """The chunk reaches the sequence's last token, so the step samples its next one."""
         return self.end == self.seq.num_tokens
+
+
+@dataclass(frozen=True)
+class SampledToken:
+    """A token appended to `seq` by update_from_output; `finish_reason` is set when it stopped the sequence
+    (which is then finished and its blocks freed)."""
+
+    seq: Sequence
+    token: int
+    finish_reason: FinishReason | None
 
 
 @dataclass
@@ -96,6 +111,26 @@ class Scheduler:
         if reason is not None:
             seq.finish_reason = reason
 
+    def update_from_output(self, out: SchedulerOutput, sampled: list[int]) -> list[SampledToken]:
+        """Apply a step's result. `sampled` holds one token per chunk that samples, in chunk order. A
+        sequence finished while the step ran (cancelled, expired) is left as it is and its token dropped."""
+        tokens = iter(sampled)
+        appended = []
+        for chunk in out.chunks:
+            token = next(tokens) if chunk.samples else None
+            seq = chunk.seq
+            if seq.is_finished:
+                continue
+            seq.num_computed_tokens = chunk.end
+            if token is None:
+                continue
+            seq.output_ids.append(token)
+            reason = _stop_reason(seq, token)
+            if reason is not None:
+                self.finish(seq, reason)
+            appended.append(SampledToken(seq, token, reason))
+        return appended
+
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
         while True:
@@ -156,3 +191,13 @@ class Scheduler:
         self.waiting.appendleft(seq)
         out.chunks = [c for c in out.chunks if c.seq is not seq]
         out.preempted.append(seq)
+
+
+def _stop_reason(seq: Sequence, token: int) -> FinishReason | None:
+    """Token-level stopping rules. max_new_tokens is resolved so the prompt plus it fits the context, so
+    reaching it also covers the context length."""
+    if token in seq.eos_ids:
+        return FinishReason.STOP
+    if len(seq.output_ids) >= seq.max_new_tokens:
+        return FinishReason.LENGTH
+    return None

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from internvl_serve.decoder.sampling_params import SamplingParams
+from internvl_serve.decoder.engine.sampling_params import SamplingParams
 
 
 @dataclass

@@ -5,17 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from internvl_serve.clients.pb.internvl.v1 import generation_service_pb2_grpc as pb_grpc
-from internvl_serve.common.encoder_client import EncoderClient
+from internvl_serve.pb.internvl.v1 import generation_service_pb2_grpc as pb_grpc
+from internvl_serve.decoder.service.encoder_client import EncoderClient
 from internvl_serve.common.grpc_server import bind, create_server, serve_until_signal
 from internvl_serve.common.logs import log_event
 from internvl_serve.common.telemetry import DECODER_SERVICE, Telemetry, setup_telemetry
-from internvl_serve.decoder.chat_telemetry import DecoderMetrics
+from internvl_serve.decoder.service.chat_telemetry import DecoderMetrics
 from internvl_serve.decoder.config import DecoderConfig
-from internvl_serve.decoder.engine import Engine
-from internvl_serve.decoder.media_ids import MediaIdLookup
-from internvl_serve.decoder.runtime import load_runtime
-from internvl_serve.decoder.servicer import SERVICE_NAME, GenerationServicer
+from internvl_serve.decoder.engine.engine_loop import Engine
+from internvl_serve.decoder.service.media_ids import MediaIdLookup
+from internvl_serve.decoder.engine.loaded_model import load_model
+from internvl_serve.decoder.service.servicer import SERVICE_NAME, GenerationServicer
 
 log = logging.getLogger("internvl_serve.decoder")
 MiB = 1024 * 1024
@@ -47,7 +47,7 @@ class DecoderServer:
     async def start(self) -> None:
         await self.health.set(False)
         await self.server.start()  # health answers NOT_SERVING while the model loads
-        runtime = await asyncio.get_running_loop().run_in_executor(None, load_runtime, self.config)
+        runtime = await asyncio.get_running_loop().run_in_executor(None, load_model, self.config)
         self.engine = Engine(runtime, self.config)
         await self.engine.warmup()
         self.servicer.model_name = runtime.model_name
