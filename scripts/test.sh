@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install everything the tests need (redis-server, the venv with the right torch) and run the whole suite.
+# Install everything the tests need (redis-server, the venv with the right torch), lint, and run the whole suite.
 # Extra arguments go to pytest, e.g. `scripts/test.sh -k loader`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,5 +15,9 @@ if ! command -v redis-server >/dev/null 2>&1; then
 fi
 
 bash scripts/install.sh
+# Lint and format first (settings in pyproject.toml): a finding fails the run before any test starts.
+echo "test: ruff check + ruff format --check"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
 # The tests start their own redis-server on free ports; nothing else needs to run.
 exec .venv/bin/pytest "$@"

@@ -9,8 +9,8 @@ request carries on. A call skipped during the back-off is an event on the caller
 from __future__ import annotations
 
 import asyncio
-import re
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,8 +19,9 @@ from urllib.parse import urlsplit
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from internvl_serve.common.logs import log_event
+from internvl_serve.common.config_fields import setting
 from internvl_serve.common.embedding_blob import BlobError, EncodedBlob, pack, unpack
+from internvl_serve.common.logs import log_event
 
 log = logging.getLogger("internvl_serve.common.embedding_cache")
 KEY_PREFIX = "internvl:emb:v1"
@@ -34,11 +35,26 @@ def make_media_id(preprocess_fingerprint: str, content_hash: str) -> str:
 
 @dataclass(frozen=True)
 class CacheSettings:
-    url: str | None  # None: no cache
-    ttl_s: int = 86_400
-    connect_timeout_s: float = 0.5
-    op_timeout_s: float = 0.5
-    backoff_s: float = 2.0  # skip Redis this long after an error
+    """The Redis cache's settings; the same flags on the encoder (reads and writes) and the decoder (reads)."""
+
+    url: str | None = setting(None, "redis://host:port/db of the embedding cache; omit to run without it",
+                              flag="--redis-url", env="INTERNVL_REDIS_URL")
+    ttl_s: int = setting(86_400, "TTL of every cache entry, in seconds", flag="--cache-ttl-s")
+    connect_timeout_s: float = setting(0.5, "bound on each Redis connect", flag="--redis-connect-timeout-s")
+    op_timeout_s: float = setting(0.5, "bound on each Redis command", flag="--redis-timeout-s")
+    backoff_s: float = setting(2.0, "after a Redis error, skip Redis this long", flag="--redis-backoff-s")
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.ttl_s < 1:
+            out.append(f"--cache-ttl-s must be >= 1, got {self.ttl_s}")
+        for flag, value in (("--redis-connect-timeout-s", self.connect_timeout_s),
+                            ("--redis-timeout-s", self.op_timeout_s)):
+            if value <= 0:
+                out.append(f"{flag} must be > 0, got {value}")
+        if self.backoff_s < 0:
+            out.append(f"--redis-backoff-s must be >= 0, got {self.backoff_s}")
+        return out
 
 
 @dataclass

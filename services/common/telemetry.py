@@ -1,7 +1,8 @@
 """OpenTelemetry for our services: tracer and meter providers built from the standard OTEL_* environment.
 
-One call per service, `setup_telemetry("internvl-encoder")`, gives a `Telemetry` holding that service's
-providers; the server passes it down through constructors (no global provider is set, so an encoder and a
+The service config carries a `TelemetrySettings`, read from the environment once, where the config is
+built from the command line (`TelemetrySettings.from_env`); `setup_telemetry(settings=config.telemetry)`
+gives a `Telemetry` holding that service's providers; the server passes it down through constructors (no global provider is set, so an encoder and a
 decoder in one process keep their own `service.name`) and shuts it down (flushing spans and metrics) when
 it stops.
 
@@ -59,6 +60,11 @@ class TelemetrySettings:
     traces_protocol: str
     metrics_protocol: str
     capture_content: bool
+
+    @classmethod
+    def off(cls, service_name: str) -> TelemetrySettings:
+        """Export nothing (a config built in code, not from the environment)."""
+        return cls(service_name, (), (), "grpc", "grpc", False)
 
     @classmethod
     def from_env(cls, service_name: str, env: Mapping[str, str] | None = None) -> TelemetrySettings:
@@ -139,20 +145,23 @@ class Telemetry:
 
 
 def setup_telemetry(
-    service_name: str,
+    service_name: str | None = None,
     *,
     span_exporters: Sequence[SpanExporter] = (),
     metric_readers: Sequence[MetricReader] = (),
     capture_content: bool | None = None,
     settings: TelemetrySettings | None = None,
 ) -> Telemetry:
-    """Providers for one service, exporting where the OTEL_* environment says.
+    """Providers for one service, exporting where `settings` say (default: read from the OTEL_* environment).
 
     `span_exporters` and `metric_readers` are the test hook: exporters get a SimpleSpanProcessor (each span
     exported as it ends), readers are added as they are (for example an InMemoryMetricReader), both on top
     of whatever the environment configures.
     """
-    settings = settings or TelemetrySettings.from_env(service_name)
+    if settings is None:
+        if service_name is None:
+            raise ValueError("setup_telemetry needs a service_name or settings")
+        settings = TelemetrySettings.from_env(service_name)
     resource = _resource(settings.service_name)
     tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
     for exporter in _span_exporters(settings):

@@ -3,29 +3,37 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
+
+from internvl_serve.common.service_command import add_service_command
+
+
+def _config_type():
+    from internvl_serve.encoder.config import EncoderConfig
+
+    return EncoderConfig
+
+
+def _build_config(args: argparse.Namespace):
+    from internvl_serve.encoder.config import encoder_config_from_args
+
+    return encoder_config_from_args(args)
+
+
+def _server_type():
+    from internvl_serve.encoder.server import EncoderServer
+
+    return EncoderServer
 
 
 def add_encoder(sub: argparse._SubParsersAction) -> None:
-    from internvl_serve.encoder.config import add_encoder_arguments
-
-    p = sub.add_parser(
+    add_service_command(
+        sub,
         "encoder",
         help="serve internvl.v1.VisionEncoderService (images/videos -> embeddings, Redis cache)",
         description="Serve VisionEncoderService.Encode with gRPC health and reflection. Loads only the vision "
         "tower and projector of the checkpoint. Redis is optional; when it is down the service computes "
         "and carries on.",
+        config_type=_config_type,
+        build_config=_build_config,
+        server_type=_server_type,
     )
-    add_encoder_arguments(p)
-    p.set_defaults(run=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    from internvl_serve.common.logs import setup_logging
-    from internvl_serve.encoder.config import encoder_config_from_args
-    from internvl_serve.encoder.server import run_encoder
-
-    config = encoder_config_from_args(args)
-    setup_logging(config.log_level)
-    asyncio.run(run_encoder(config))
-    return 0

@@ -1,16 +1,18 @@
-"""EncoderConfig: the encoder service's settings, built from flags and environment in one place."""
+"""EncoderConfig: the encoder service's settings. Each default is written once, on its field; the flags
+and environment variables are derived from the fields (common/config_fields.py)."""
 
 from __future__ import annotations
 
 import argparse
-import os
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 
-from internvl_serve.common.placement import DTYPES, resolve_device, resolve_dtype
-
+from internvl_serve.common.config_fields import add_config_arguments, config_from_args, nested, setting
 from internvl_serve.common.embedding_cache import CacheSettings
+from internvl_serve.common.placement import DTYPES, resolve_device, resolve_dtype
+from internvl_serve.common.telemetry import ENCODER_SERVICE, TelemetrySettings
 from internvl_serve.encoder.media.config import MediaLimits
 
 MiB = 1024 * 1024
@@ -18,21 +20,44 @@ MiB = 1024 * 1024
 
 @dataclass(frozen=True)
 class EncoderConfig:
-    model: str
-    port: int = 50051
-    host: str = "127.0.0.1"
-    device: str = "auto"  # auto: cuda when available
-    dtype: str = "auto"  # auto: bfloat16 on GPU, float32 on CPU
-    max_batch_tiles: int = 32
-    max_batch_wait_ms: float = 5.0
-    max_media_per_request: int = 16
-    video_workers: int = 2
-    cache: CacheSettings = field(default_factory=lambda: CacheSettings(url=None))
-    limits: MediaLimits = field(default_factory=MediaLimits)
-    max_receive_bytes: int = 512 * MiB
-    max_send_bytes: int = 1024 * MiB
-    grace_s: float = 10.0
-    log_level: str = "INFO"
+    """Everything the encoder needs, passed down through constructors (never read deep inside)."""
+
+    model: str = setting(help="checkpoint directory or hub id (-hf format)")
+    port: int = setting(50051, "0 picks a free port", env="INTERNVL_ENCODER_PORT")
+    host: str = setting("127.0.0.1", "address to listen on (0.0.0.0 in containers)", env="INTERNVL_HOST")
+    device: str = setting("auto", "auto (cuda when available), cpu, cuda, cuda:N", env="INTERNVL_DEVICE")
+    dtype: str = setting("auto", "auto: bfloat16 on GPU, float32 on CPU", env="INTERNVL_DTYPE",
+                         choices=("auto", *DTYPES))
+    max_batch_tiles: int = setting(32, "tiles per vision-tower batch")
+    max_batch_wait_ms: float = setting(5.0, "how long a batch waits to fill")
+    max_media_per_request: int = setting(16, "media items one Encode request may carry")
+    video_workers: int = setting(2, "processes that decode videos (crash-contained)")
+    cache: CacheSettings = nested(CacheSettings)
+    limits: MediaLimits = nested(MediaLimits)
+    # Requests carry encoded media (32 MiB images, 256 MiB videos by default); replies inline embeddings.
+    max_receive_bytes: int = setting(512 * MiB, "largest gRPC request accepted, in MiB", flag="--max-receive-mb",
+                                     scale=MiB)
+    max_send_bytes: int = setting(1024 * MiB, "largest gRPC reply sent, in MiB", flag="--max-send-mb", scale=MiB)
+    grace_s: float = setting(10.0, "SIGTERM: time in-flight requests get to finish")
+    log_level: str = setting("INFO", "log level", env="INTERNVL_LOG_LEVEL")
+    telemetry: TelemetrySettings = TelemetrySettings.off(ENCODER_SERVICE)  # from the OTEL_* environment
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.dtype not in ("auto", *DTYPES):
+            problems.append(f"--dtype must be auto or one of {sorted(DTYPES)}, got {self.dtype!r}")
+        for name in ("max_batch_tiles", "max_media_per_request", "video_workers"):
+            if getattr(self, name) < 1:
+                problems.append(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.max_batch_wait_ms < 0:
+            problems.append(f"--max-batch-wait-ms must be >= 0, got {self.max_batch_wait_ms}")
+        if self.max_receive_bytes < 1 or self.max_send_bytes < 1:
+            problems.append("--max-receive-mb and --max-send-mb must be > 0")
+        if self.grace_s < 0:
+            problems.append(f"--grace-s must be >= 0, got {self.grace_s}")
+        problems += self.cache.problems() + self.limits.problems()
+        if problems:
+            raise ValueError("; ".join(problems))
 
     def torch_device(self) -> torch.device:
         return resolve_device(self.device)
@@ -41,55 +66,10 @@ class EncoderConfig:
         return resolve_dtype(self.dtype, self.torch_device())
 
 
-def add_encoder_arguments(p: argparse.ArgumentParser) -> None:
-    env = os.environ.get
-    p.add_argument("--model", required=True, help="checkpoint directory or hub id (-hf format)")
-    p.add_argument("--port", type=int, default=int(env("INTERNVL_ENCODER_PORT", "50051")), help="0 picks a free port")
-    p.add_argument("--host", default=env("INTERNVL_HOST", "127.0.0.1"), help="address to listen on (0.0.0.0 in containers)")
-    p.add_argument("--redis-url", default=env("INTERNVL_REDIS_URL"), help="redis://host:port/db; omit to run without a cache")
-    p.add_argument("--device", default=env("INTERNVL_DEVICE", "auto"), help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--dtype", default=env("INTERNVL_DTYPE", "auto"), choices=["auto", *DTYPES])
-    p.add_argument("--max-batch-tiles", type=int, default=32, help="tiles per vision-tower batch")
-    p.add_argument("--max-batch-wait-ms", type=float, default=5.0, help="how long a batch waits to fill")
-    p.add_argument("--max-media-per-request", type=int, default=16)
-    p.add_argument("--video-workers", type=int, default=2, help="processes that decode videos (crash-contained)")
-    p.add_argument("--cache-ttl-s", type=int, default=86_400, help="TTL of every cache entry")
-    p.add_argument("--redis-timeout-s", type=float, default=0.5, help="bound on each Redis connect and command")
-    p.add_argument("--max-image-pixels", type=int, default=64_000_000, help="decompression-bomb guard (header check)")
-    p.add_argument("--max-image-side", type=int, default=32_768, help="longest accepted image side in pixels")
-    p.add_argument("--max-image-mb", type=float, default=32, help="largest accepted image file")
-    p.add_argument("--max-video-mb", type=float, default=256, help="largest accepted video file")
-    p.add_argument("--max-num-frames", type=int, default=32, help="most frames one request may sample from a video")
-    p.add_argument("--video-decode-timeout-s", type=float, default=60.0, help="a slower video decode is killed")
-    p.add_argument("--grace-s", type=float, default=10.0, help="SIGTERM: time in-flight requests get to finish")
-    p.add_argument("--log-level", default=env("INTERNVL_LOG_LEVEL", "INFO"))
+def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser, EncoderConfig)
 
 
-def encoder_config_from_args(args: argparse.Namespace) -> EncoderConfig:
-    return EncoderConfig(
-        model=args.model,
-        port=args.port,
-        host=args.host,
-        device=args.device,
-        dtype=args.dtype,
-        max_batch_tiles=args.max_batch_tiles,
-        max_batch_wait_ms=args.max_batch_wait_ms,
-        max_media_per_request=args.max_media_per_request,
-        video_workers=args.video_workers,
-        cache=CacheSettings(
-            url=args.redis_url,
-            ttl_s=args.cache_ttl_s,
-            connect_timeout_s=args.redis_timeout_s,
-            op_timeout_s=args.redis_timeout_s,
-        ),
-        limits=MediaLimits(
-            max_image_pixels=args.max_image_pixels,
-            max_image_side=args.max_image_side,
-            max_image_bytes=int(args.max_image_mb * MiB),
-            max_video_bytes=int(args.max_video_mb * MiB),
-            max_num_frames=args.max_num_frames,
-            decode_timeout_s=args.video_decode_timeout_s,
-        ),
-        grace_s=args.grace_s,
-        log_level=args.log_level,
-    )
+def encoder_config_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> EncoderConfig:
+    """The config of `internvl-serve encoder ARGS`; telemetry settings from the OTEL_* environment."""
+    return config_from_args(EncoderConfig, args, telemetry=TelemetrySettings.from_env(ENCODER_SERVICE, env))

@@ -12,6 +12,9 @@ import sys
 import time
 from pathlib import Path
 
+from internvl_serve.common.config_fields import field_default
+from internvl_serve.decoder.config import DecoderConfig
+from internvl_serve.encoder.config import EncoderConfig
 from internvl_serve.stack.local_stack import (
     Interrupted,
     LocalStack,
@@ -24,7 +27,10 @@ from internvl_serve.stack.ports import PortError, choose_port
 from internvl_serve.stack.processes import REDIS_INSTALL_HINT
 from internvl_serve.stack.progress import Progress
 
-DEFAULT_DECODER_PORT, DEFAULT_ENCODER_PORT, DEFAULT_REDIS_PORT = 50052, 50051, 6379
+# The services' own defaults (their config dataclasses hold them); redis's is its standard port.
+DEFAULT_DECODER_PORT = field_default(DecoderConfig, "port")
+DEFAULT_ENCODER_PORT = field_default(EncoderConfig, "port")
+DEFAULT_REDIS_PORT = 6379
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEMO_PROMPT = "Describe this image."
 

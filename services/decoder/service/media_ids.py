@@ -14,8 +14,8 @@ from internvl_serve.common.embedding_blob import MEDIA_VIDEO
 from internvl_serve.common.embedding_cache import CacheSettings, EmbeddingCache
 
 class MediaIdLookup:
-    def __init__(self, redis_url: str):
-        self.cache = EmbeddingCache(CacheSettings(url=redis_url), model_fingerprint="")
+    def __init__(self, settings: CacheSettings):
+        self.cache = EmbeddingCache(settings, model_fingerprint="")
 
     async def resolve(self, media: list[media_pb2.Media], model_fingerprint: str) -> list[EncodedResult | None]:
         """A result for each media_id found in the cache; None for everything else (to be encoded)."""

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from internvl_serve.checkpoint.errors import CheckpointError
+from internvl_serve.common.config_fields import setting
 
 MiB = 1024 * 1024
 # transformers' class defaults (OPENAI_CLIP_MEAN/STD, PILImageResampling.BICUBIC), used only for absent keys.
@@ -102,16 +103,22 @@ class VideoPreprocess:
 class MediaLimits:
     """What the service accepts; sizes over a byte limit are RESOURCE_EXHAUSTED, the rest INVALID_ARGUMENT."""
 
-    max_image_bytes: int = 32 * MiB
-    max_video_bytes: int = 256 * MiB
-    max_image_pixels: int = 64_000_000  # checked from the header, before any pixel is decoded
-    max_image_side: int = 32_768
+    max_image_bytes: int = setting(32 * MiB, "largest accepted image file, in MiB", flag="--max-image-mb", scale=MiB)
+    max_video_bytes: int = setting(256 * MiB, "largest accepted video file, in MiB", flag="--max-video-mb", scale=MiB)
+    max_image_pixels: int = setting(64_000_000, "decompression-bomb guard, checked from the header before decoding")
+    max_image_side: int = setting(32_768, "longest accepted image side in pixels")
     min_image_side: int = 1
-    max_num_frames: int = 32  # frames one request may ask for
+    max_num_frames: int = setting(32, "most frames one request may sample from a video")
     max_video_frames: int = 100_000  # frames in the whole file
     max_video_seconds: float = 3 * 3600.0
     max_video_pixels_per_frame: int = 8192 * 8192
-    decode_timeout_s: float = 60.0  # a video decode that takes longer is killed
+    decode_timeout_s: float = setting(60.0, "a slower video decode is killed", flag="--video-decode-timeout-s")
+
+    def problems(self) -> list[str]:
+        named = {"--max-image-mb": self.max_image_bytes, "--max-video-mb": self.max_video_bytes,
+                 "--max-image-pixels": self.max_image_pixels, "--max-image-side": self.max_image_side,
+                 "--max-num-frames": self.max_num_frames, "--video-decode-timeout-s": self.decode_timeout_s}
+        return [f"{flag} must be > 0, got {value}" for flag, value in named.items() if value <= 0]
 
     def video_worker_limits(self) -> dict[str, Any]:
         """The part of the limits the video worker process enforces (sent with each request)."""

@@ -6,6 +6,7 @@ import concurrent.futures
 
 import pytest
 
+from internvl_serve.common.embedding_cache import CacheSettings
 from internvl_serve.pb.internvl.v1 import generation_service_pb2 as pb
 from internvl_testing.generate_requests import generate_request, stream_request
 
@@ -89,7 +90,7 @@ def test_media_ids_resolve_from_redis_without_an_encoder(tiny_model_dir, media_d
 
     redis = RedisServer()
     encoder = start_encoder(encoder_config(tiny_model_dir, redis.url))
-    decoder = start_decoder(decoder_config(tiny_model_dir, [encoder.address], redis_url=redis.url))
+    decoder = start_decoder(decoder_config(tiny_model_dir, [encoder.address], cache=CacheSettings(url=redis.url)))
     channel, stub = generation_stub(decoder.address)
     try:
         enc_channel, enc = encoder_stub(encoder.address)

@@ -204,7 +204,9 @@ def test_redis_failure_is_recorded_on_its_span_and_the_request_succeeds(tiny_mod
     exporter = InMemorySpanExporter()
     encoder_t, client_t = in_memory_telemetry("internvl-encoder", exporter), in_memory_telemetry("internvl-client", exporter)
     dead_redis = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
-    encoder = ServerThread(lambda: EncoderServer(encoder_config(tiny_model_dir, dead_redis), encoder_t))
+    # a back-off far longer than the request: the SET after the failed GET falls inside it, whatever the speed
+    config = encoder_config(tiny_model_dir, dead_redis, backoff_s=600.0)
+    encoder = ServerThread(lambda: EncoderServer(config, encoder_t))
     try:
         with InternVLClient(encoder.address, tracer_provider=client_t.tracer_provider, timeout=60) as client:
             encoded = client.encode([str(_image(tmp_path, 105))])
@@ -217,7 +219,10 @@ def test_redis_failure_is_recorded_on_its_span_and_the_request_succeeds(tiny_mod
         media = only(spans, name="internvl.encode_media")
         assert get.parent_id == media.span_id and media.status != "ERROR"
         # within the back-off the store is skipped (no second timeout), and the trace says so
-        assert any(name == "internvl.cache.skipped" for name, _ in media.events) or only(spans, name="SET").status == "ERROR"
+        skipped = [attrs for name, attrs in media.events if name == "internvl.cache.skipped"]
+        assert skipped == [{"reason": "redis failed recently"}], media.events
+        assert not [s for s in spans if s.name == "SET"], "the store was attempted inside the back-off"
+        assert media.attributes["internvl.media.stored"] is False
         assert only(spans, name=ENCODE, kind="SERVER").attributes["rpc.response.status_code"] == "OK"
     finally:
         encoder.close()

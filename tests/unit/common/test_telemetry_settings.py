@@ -3,6 +3,7 @@ service name (ours by default, OTEL_SERVICE_NAME wins), and a shutdown bounded w
 
 from __future__ import annotations
 
+import logging
 import time
 
 import pytest
@@ -48,13 +49,26 @@ def test_service_name_defaults_per_service_and_env_overrides(monkeypatch):
     t.shutdown()
 
 
-def test_unsupported_exporter_is_skipped_not_fatal():
+def test_unsupported_exporter_is_skipped_not_fatal(caplog):
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
     settings = TelemetrySettings.from_env("x", {"OTEL_TRACES_EXPORTER": "zipkin", "OTEL_METRICS_EXPORTER": "otlp",
                                                 "OTEL_EXPORTER_OTLP_PROTOCOL": "thrift"})  # fmt: skip
-    t = setup_telemetry("x", settings=settings)
-    with t.tracer().start_as_current_span("works"):
-        pass
-    t.shutdown()
+    spans = InMemorySpanExporter()
+    with caplog.at_level(logging.ERROR, logger="internvl_serve.telemetry"):
+        t = setup_telemetry("x", settings=settings, span_exporters=[spans])  # does not raise
+    try:
+        # each bad exporter is logged, naming its signal and the value, and skipped
+        logged = [r for r in caplog.records if r.getMessage() == "telemetry_config_error"]
+        errors = {r.fields["signal"]: r.fields["error"] for r in logged}
+        assert set(errors) == {"traces", "metrics"}, errors
+        assert "zipkin" in errors["traces"] and "thrift" in errors["metrics"]
+        # and telemetry still works: the span reaches the exporter the caller passed
+        with t.tracer().start_as_current_span("works"):
+            pass
+        assert [s.name for s in spans.get_finished_spans()] == ["works"]
+    finally:
+        t.shutdown()
 
 
 def test_shutdown_is_bounded_when_the_collector_is_down(monkeypatch):

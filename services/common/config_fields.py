@@ -1,0 +1,182 @@
+"""Service settings written once: a frozen dataclass field is the single source of a setting's default,
+and its flag, environment variable and help live in the field's metadata. `add_config_arguments` derives
+the argparse flags from it and `config_from_args` builds the dataclass back from the parsed flags, so a
+default is never repeated in argparse.
+
+    @dataclass(frozen=True)
+    class Config:
+        port: int = setting(50051, "0 picks a free port", env="INTERNVL_ENCODER_PORT")
+        limits: Limits = nested(Limits)          # a nested settings dataclass, flags of its own
+
+A flag's value may be in another unit than the field (`scale`: `--max-image-mb 32` sets 32 MiB of bytes)
+or parsed by a function (`parse`: "a,b" -> ("a", "b")). A field without a setting() (or nested()) has no
+flag and keeps its default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field
+from typing import Any
+
+_KEY = "internvl_setting"
+
+
+@dataclass(frozen=True)
+class Setting:
+    help: str
+    flag: str | None = None  # default: --field-name
+    env: str | None = None  # an environment variable that overrides the default
+    scale: float | None = None  # field value = flag value * scale (flag in MiB, field in bytes)
+    parse: Callable[[str], Any] | None = None  # flag text -> field value
+    choices: tuple[str, ...] | None = None
+    negative_flag: str | None = None  # for booleans: a --no-... flag that turns it off
+
+
+@dataclass(frozen=True)
+class Nested:
+    """A field holding another settings dataclass (built from its own flags)."""
+
+    cls: type
+    defaults: Mapping[str, Any]
+
+
+def setting(default: Any = MISSING, help: str = "", *, default_factory: Any = MISSING, **kwargs) -> Any:
+    """A dataclass field with a flag. No default: the flag is required."""
+    metadata = {_KEY: Setting(help, **kwargs)}
+    if default_factory is not MISSING:
+        return field(default_factory=default_factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def nested(cls: type, **defaults: Any) -> Any:
+    """A field holding a `cls` settings dataclass; `defaults` replace some of cls's own defaults."""
+    return field(default_factory=lambda: cls(**defaults), metadata={_KEY: Nested(cls, defaults)})
+
+
+def _flag(f: dataclasses.Field, spec: Setting) -> str:
+    return spec.flag or "--" + f.name.replace("_", "-")
+
+
+def _dest(f: dataclasses.Field, spec: Setting) -> str:
+    """The flag's own name (flags are unique in a parser, so these are too): args.redis_url for --redis-url."""
+    return _flag(f, spec).lstrip("-").replace("-", "_")
+
+
+def _default(f: dataclasses.Field, overrides: Mapping[str, Any]) -> Any:
+    if f.name in overrides:
+        return overrides[f.name]
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return MISSING
+
+
+def _type_of(value: Any) -> Callable[[str], Any] | None:
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return None
+    if isinstance(value, (int, float)):
+        return type(value)
+    return None
+
+
+def _walk(cls: type, overrides: Mapping[str, Any] | None = None):
+    """(field, Setting, default) for every flag of cls, nested dataclasses included."""
+    for f in dataclasses.fields(cls):
+        spec = f.metadata.get(_KEY)
+        if isinstance(spec, Nested):
+            yield from _walk(spec.cls, spec.defaults)
+        elif isinstance(spec, Setting):
+            yield f, spec, _default(f, overrides or {})
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type, env: Mapping[str, str] | None = None) -> None:
+    """One flag per setting of `cls`; its default is the field's (or the environment variable's)."""
+    env = os.environ if env is None else env
+    for f, spec, default in _walk(cls):
+        flag = _flag(f, spec)
+        dest = _dest(f, spec)
+        shown = default
+        if spec.env and spec.env in env:
+            shown = _from_text(env[spec.env], default, spec, scaled=True)
+        if isinstance(default, bool):
+            parser.add_argument(flag, dest=dest, action="store_true", default=shown, help=spec.help)
+            if spec.negative_flag:
+                parser.add_argument(spec.negative_flag, dest=dest, action="store_false",
+                                    help=f"turn off {flag}")
+            continue
+        if shown is not MISSING and shown is not None and spec.scale:
+            shown = shown / spec.scale
+        if isinstance(shown, tuple):
+            shown = ",".join(shown)
+        kwargs: dict[str, Any] = {"dest": dest, "help": _help(spec, shown)}
+        if shown is MISSING:
+            kwargs["required"] = True
+        else:
+            kwargs["default"] = shown
+        if spec.choices:
+            kwargs["choices"] = list(spec.choices)
+        kind = float if spec.scale else _type_of(default)
+        if kind is not None and spec.parse is None:
+            kwargs["type"] = kind
+        parser.add_argument(flag, **kwargs)
+
+
+def _help(spec: Setting, shown: Any) -> str:
+    if shown is MISSING or shown is None or shown == "":
+        return spec.help
+    return f"{spec.help} (default: {shown:g})" if isinstance(shown, float) else f"{spec.help} (default: {shown})"
+
+
+def _from_text(text: str, default: Any, spec: Setting, scaled: bool = False) -> Any:
+    """An environment value as the flag would take it (scaled=True: in the field's unit)."""
+    if spec.parse is not None:
+        return spec.parse(text)
+    if isinstance(default, bool):
+        return text.strip().lower() in ("1", "true", "yes", "on")
+    kind = float if spec.scale else _type_of(default)
+    value = kind(text) if kind is not None else text
+    return value * spec.scale if scaled and spec.scale else value
+
+
+def config_from_args(cls: type, args: argparse.Namespace, overrides: Mapping[str, Any] | None = None, **extra: Any):
+    """Build `cls` from parsed flags (plus `extra` fields that have no flag, e.g. telemetry settings)."""
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        spec = f.metadata.get(_KEY)
+        if isinstance(spec, Nested):
+            values[f.name] = config_from_args(spec.cls, args, spec.defaults)
+        elif isinstance(spec, Setting):
+            raw = getattr(args, _dest(f, spec))
+            if isinstance(raw, str) and spec.parse is not None:
+                raw = spec.parse(raw)
+            if spec.scale and raw is not None:
+                raw = _scaled(f, raw * spec.scale)
+            values[f.name] = raw
+    for name, value in (overrides or {}).items():
+        values.setdefault(name, value)
+    values.update(extra)
+    return cls(**values)
+
+
+def _scaled(f: dataclasses.Field, value: float) -> Any:
+    """Back to the field's own type (bytes are ints)."""
+    default = f.default if f.default is not MISSING else None
+    return int(value) if isinstance(default, int) or default is None and "int" in str(f.type) else value
+
+
+def comma_list(text: str) -> tuple[str, ...]:
+    """"a, b,,c" -> ("a", "b", "c")."""
+    return tuple(part.strip() for part in (text or "").split(",") if part.strip())
+
+
+def field_default(cls: type, name: str) -> Any:
+    """The default of `cls.name`, for tools (internvl-serve up) that must not repeat it."""
+    value = _default(next(f for f in dataclasses.fields(cls) if f.name == name), {})
+    if value is MISSING:
+        raise ValueError(f"{cls.__name__}.{name} has no default")
+    return value

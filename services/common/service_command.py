@@ -1,0 +1,45 @@
+"""The `internvl-serve encoder` and `internvl-serve decoder` subcommands, made one way: flags derived from
+the service's config dataclass, logging set up, the server run until SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+from collections.abc import Callable
+from typing import Any
+
+
+def add_service_command(
+    sub: argparse._SubParsersAction,
+    name: str,
+    *,
+    help: str,
+    description: str,
+    config_type: Callable[[], type],
+    build_config: Callable[[argparse.Namespace], Any],
+    server_type: Callable[[], type],
+) -> argparse.ArgumentParser:
+    """`config_type` and `server_type` are called late, so `internvl-serve --help` imports no torch."""
+    from internvl_serve.common.config_fields import add_config_arguments
+
+    parser = sub.add_parser(name, help=help, description=description)
+    add_config_arguments(parser, config_type())
+    parser.set_defaults(run=functools.partial(_run, build_config, server_type))
+    return parser
+
+
+def _run(build_config: Callable, server_type: Callable[[], type], args: argparse.Namespace) -> int:
+    from internvl_serve.common.grpc_server import serve_until_signal
+    from internvl_serve.common.logs import setup_logging
+
+    config = build_config(args)
+    setup_logging(config.log_level)
+    server_cls = server_type()
+
+    async def serve() -> None:
+        await serve_until_signal(server_cls(config))  # built inside the loop: grpc.aio binds to it
+
+    asyncio.run(serve())
+    return 0
