@@ -16,12 +16,12 @@ import time
 from pathlib import Path
 
 import grpc
+from report import table, write_json, write_section
 
 from internvl_serve.pb.internvl.v1 import media_pb2
 from internvl_serve.pb.internvl.v1 import vision_encoder_service_pb2 as pb
 from internvl_serve.pb.internvl.v1 import vision_encoder_service_pb2_grpc as pb_grpc
 from internvl_serve.stack.processes import RedisProcess, ServiceProcess
-from report import table, write_json, write_section
 
 
 def _png(seed: int, width: int, height: int) -> bytes:
@@ -75,8 +75,11 @@ def _cache_latency(model: str, redis: RedisProcess, images: list[bytes], log: Pa
                 hit.append(lat)
     finally:
         server.stop()
-    return {"miss_p50_ms": 1000 * statistics.median(miss), "hit_p50_ms": 1000 * statistics.median(hit),
-            "tiles_per_image": item.num_tiles}  # fmt: skip
+    return {
+        "miss_p50_ms": 1000 * statistics.median(miss),
+        "hit_p50_ms": 1000 * statistics.median(hit),
+        "tiles_per_image": item.num_tiles,
+    }
 
 
 def main() -> int:
@@ -104,8 +107,13 @@ def main() -> int:
         cache = _cache_latency(model, redis, big, work / "enc3.log")
     finally:
         redis.stop()
-    results = {"one_at_a_time": one_at_a_time, "micro_batched": batched, "cache": cache,
-               "images": args.images, "concurrency": args.concurrency}  # fmt: skip
+    results = {
+        "one_at_a_time": one_at_a_time,
+        "micro_batched": batched,
+        "cache": cache,
+        "images": args.images,
+        "concurrency": args.concurrency,
+    }
     speedup = batched["images_per_s"] / one_at_a_time["images_per_s"]
     md = "\n\n".join(
         [
@@ -113,16 +121,27 @@ def main() -> int:
             table(
                 ["mode", "images/s", "p50 latency (ms)"],
                 [
-                    ["one at a time (concurrency 1, no wait)", f"{one_at_a_time['images_per_s']:.2f}", f"{one_at_a_time['p50_ms']:.0f}"],
-                    [f"micro-batched (concurrency {args.concurrency}, <=16 tiles, 5 ms)", f"{batched['images_per_s']:.2f}", f"{batched['p50_ms']:.0f}"],
+                    [
+                        "one at a time (concurrency 1, no wait)",
+                        f"{one_at_a_time['images_per_s']:.2f}",
+                        f"{one_at_a_time['p50_ms']:.0f}",
+                    ],
+                    [
+                        f"micro-batched (concurrency {args.concurrency}, <=16 tiles, 5 ms)",
+                        f"{batched['images_per_s']:.2f}",
+                        f"{batched['p50_ms']:.0f}",
+                    ],
                 ],
-            ),  # fmt: skip
-            f"Micro-batching: **{speedup:.2f}x** the images/s of one at a time ({args.images} distinct 448x448 images).",
+            ),
+            f"Micro-batching: **{speedup:.2f}x** the images/s of one at a time "
+            f"({args.images} distinct 448x448 images).",
             table(
                 ["request (1344x896 image, " + str(cache["tiles_per_image"]) + " tiles)", "p50 latency (ms)"],
-                [["cache miss (decode + tile + vision tower)", f"{cache['miss_p50_ms']:.1f}"],
-                 ["cache hit (Redis)", f"{cache['hit_p50_ms']:.1f}"]],
-            ),  # fmt: skip
+                [
+                    ["cache miss (decode + tile + vision tower)", f"{cache['miss_p50_ms']:.1f}"],
+                    ["cache hit (Redis)", f"{cache['hit_p50_ms']:.1f}"],
+                ],
+            ),
             f"Cache hit: **{cache['miss_p50_ms'] / cache['hit_p50_ms']:.1f}x** faster than a miss.",
         ]
     )

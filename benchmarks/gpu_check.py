@@ -36,7 +36,8 @@ def load_kernels():
     """kernels/ as a package loaded by path: no install needed, and the repo root stays off sys.path
     (it holds a folder named `kernels`, which is also a Hugging Face package name)."""
     spec = importlib.util.spec_from_file_location(
-        "gpu_check_kernels", ROOT / "kernels" / "__init__.py", submodule_search_locations=[str(ROOT / "kernels")])
+        "gpu_check_kernels", ROOT / "kernels" / "__init__.py", submodule_search_locations=[str(ROOT / "kernels")]
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
@@ -51,7 +52,7 @@ def paged_cache(K, seq_lens, hkv, d, dtype, dev, shuffle=True):
     bt = torch.full((len(seq_lens), max(nblk) + 1), int(order[-1]), dtype=torch.int32, device=dev)
     slots, used = [], 0
     for i, (n, b) in enumerate(zip(seq_lens, nblk)):
-        bt[i, :b] = order[used:used + b].to(torch.int32)
+        bt[i, :b] = order[used : used + b].to(torch.int32)
         used += b
         pos = torch.arange(n, device=dev)
         slots.append(bt[i, pos // BLOCK].long() * BLOCK + pos % BLOCK)
@@ -176,8 +177,12 @@ def bench_prefill(K, timer, name, b, L, dtype, dev, cfg=None):
         qd, kd, vd = q.view(b, L, hq, d).transpose(1, 2).contiguous(), gather(kc), gather(vc)
         fn, backend = sdpa(qd, kd, vd, True, d**-0.5)
         ms, _ = timer(fn)
-        row |= {"sdpa_ms": ms, "sdpa_tflops": flops / ms / 1e9, "sdpa_backend": backend,
-                "ratio": row["ours_tflops"] / (flops / ms / 1e9)}
+        row |= {
+            "sdpa_ms": ms,
+            "sdpa_tflops": flops / ms / 1e9,
+            "sdpa_backend": backend,
+            "ratio": row["ours_tflops"] / (flops / ms / 1e9),
+        }
     return row
 
 
@@ -193,11 +198,20 @@ def bench_decode(K, timer, name, b, L, dtype, dev, copy_gbps, cfg=None, splits=N
     ws = K.DecodeWorkspace.allocate(b, hq, d, K.DEFAULT_MAX_SPLITS, device=dev)
     nbytes = (2 * n * hkv * d + 2 * b * hq * d) * q.element_size()
     num_splits = splits or K.choose_num_splits(b, hkv, L, _num_sms(dev))
-    ms, mode = timer(lambda: K.decode_attention(q, kc, vc, sl, bt, d**-0.5, workspace=ws, out=out,
-                                                num_splits=num_splits, config=cfg))
+    ms, mode = timer(
+        lambda: K.decode_attention(q, kc, vc, sl, bt, d**-0.5, workspace=ws, out=out, num_splits=num_splits, config=cfg)
+    )
     gbps = nbytes / ms / 1e6
-    row = {"shape": name, "batch": b, "context": L, "splits": num_splits, "ours_ms": ms, "ours_gbps": gbps,
-           "ours_vs_copy": gbps / copy_gbps if copy_gbps else None, "timing": mode}
+    row = {
+        "shape": name,
+        "batch": b,
+        "context": L,
+        "splits": num_splits,
+        "ours_ms": ms,
+        "ours_gbps": gbps,
+        "ours_vs_copy": gbps / copy_gbps if copy_gbps else None,
+        "timing": mode,
+    }
     if cfg is None and splits is None:
         # Dense gathered K/V for SDPA; with in-order blocks the gather is a view, copied when memory allows.
         dense = lambda c: c.view(b, L, hkv, d).transpose(1, 2)  # noqa: E731
@@ -206,8 +220,12 @@ def bench_decode(K, timer, name, b, L, dtype, dev, copy_gbps, cfg=None, splits=N
         kd, vd = (dense(kc).contiguous(), dense(vc).contiguous()) if copied else (dense(kc), dense(vc))
         fn, backend = sdpa(q.unsqueeze(2), kd, vd, False, d**-0.5)
         ms, _ = timer(fn)
-        row |= {"sdpa_ms": ms, "sdpa_gbps": nbytes / ms / 1e6, "sdpa_backend": backend + ("" if copied else " (view)"),
-                "ratio": gbps / (nbytes / ms / 1e6)}
+        row |= {
+            "sdpa_ms": ms,
+            "sdpa_gbps": nbytes / ms / 1e6,
+            "sdpa_backend": backend + ("" if copied else " (view)"),
+            "ratio": gbps / (nbytes / ms / 1e6),
+        }
     return row
 
 
@@ -245,16 +263,24 @@ def main() -> int:
     K = load_kernels()
     dev = torch.device("cuda" if cuda else "cpu")
     torch.manual_seed(0)
-    res = {"device": torch.cuda.get_device_name() if cuda else "cpu (Triton interpreter)",
-           "torch": torch.__version__, "triton": _triton_version(), "formulas": __doc__.split("Formulas")[1].strip(),
-           "skipped": []}
+    res = {
+        "device": torch.cuda.get_device_name() if cuda else "cpu (Triton interpreter)",
+        "torch": torch.__version__,
+        "triton": _triton_version(),
+        "formulas": __doc__.split("Formulas")[1].strip(),
+        "skipped": [],
+    }
     if cuda:  # native bf16 and fp16 at the real head shapes, lengths off the block grid
-        res["correctness"] = correctness(K, dev, [torch.bfloat16, torch.float16], [300, 1, 517, 64],
-                                         [0, 1500, 3000, 77], [1, 100, 4097, 16000, 33])
+        res["correctness"] = correctness(
+            K, dev, [torch.bfloat16, torch.float16], [300, 1, 517, 64], [0, 1500, 3000, 77], [1, 100, 4097, 16000, 33]
+        )
     else:
         res["correctness"] = correctness(K, dev, [torch.float32, torch.float16], [37, 1, 12], [0, 45, 20], [1, 40, 70])
-    table("correctness (max abs error vs the fp32 PyTorch reference)", res["correctness"],
-          ["kernel", "shape", "dtype", "max_abs_err", "atol_rtol", "ok"])
+    table(
+        "correctness (max abs error vs the fp32 PyTorch reference)",
+        res["correctness"],
+        ["kernel", "shape", "dtype", "max_abs_err", "atol_rtol", "ok"],
+    )
     ok = all(r["ok"] for r in res["correctness"])
     if cuda or args.cpu_timing_smoke:
         run_timing(K, dev, Timer(cuda), res, start, args.budget_s, smoke=not cuda)
@@ -296,8 +322,18 @@ def run_timing(K, dev, timer, res, start, budget_s, smoke):
     tuning(K, attempt, smoke)
     cols = ["shape", "batch", "context", "ours_tflops", "sdpa_tflops", "ratio", "sdpa_backend", "timing"]
     table(f"prefill, causal, fresh ({dtype}): TFLOP/s", res["prefill"], cols)
-    cols = ["shape", "batch", "context", "splits", "ours_gbps", "sdpa_gbps", "ratio", "ours_vs_copy", "sdpa_backend",
-            "timing"]
+    cols = [
+        "shape",
+        "batch",
+        "context",
+        "splits",
+        "ours_gbps",
+        "sdpa_gbps",
+        "ratio",
+        "ours_vs_copy",
+        "sdpa_backend",
+        "timing",
+    ]
     table(f"decode ({dtype}): GB/s; copy = {res['copy_gbps']:.0f} GB/s", res["decode"], cols)
     table("tuning candidates", res["tuning"], ["kind", "shape", "config", "splits", "ours_tflops", "ours_gbps"])
     for line in res["skipped"]:
@@ -322,6 +358,7 @@ def tuning(K, attempt, smoke):
 def _tag(fn, kind, cfg):
     def run(*a, **kw):
         return {"kind": kind, "config": str(cfg) if cfg else "default"} | fn(*a, **kw)
+
     return run
 
 

@@ -19,8 +19,15 @@ exit codes:
 
 Errors are printed on one line on stderr, without a traceback."""
 
-_TRANSPORT_HINTS = ("failed to connect", "connection refused", "dns resolution failed", "socket closed",
-                    "connections to all backends failing", "connection reset", "name resolution")  # fmt: skip
+_TRANSPORT_HINTS = (
+    "failed to connect",
+    "connection refused",
+    "dns resolution failed",
+    "socket closed",
+    "connections to all backends failing",
+    "connection reset",
+    "name resolution",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,9 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--ignore-eos", action="store_true", default=None, help="generate through end-of-sequence")
     gen.add_argument("--request-id", metavar="ID", help="id recorded in the server's logs and traces")
     gen.add_argument("--stream", action="store_true", help="print the text as it is generated")
-    gen.add_argument("--json", action="store_true",
-                     help="print one JSON object (text, token_ids, finish_reason, usage); with --stream, "
-                          "one JSON object per delta line")  # fmt: skip
+    gen.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object (text, token_ids, finish_reason, usage); with --stream, "
+        "one JSON object per delta line",
+    )
     enc = sub.add_parser(
         "encode",
         help="encode media ahead of time and print their media ids (VisionEncoderService)",
@@ -72,10 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_common(p: argparse.ArgumentParser, service: str) -> None:
     env_target = os.environ.get("INTERNVL_TARGET")
-    p.add_argument("--target", metavar="HOST:PORT", default=env_target, required=env_target is None,
-                   help=f"address of the {service} (default: $INTERNVL_TARGET)")  # fmt: skip
-    p.add_argument("--num-frames", type=int, default=0, metavar="N",
-                   help="frames sampled per video (0 = server default)")  # fmt: skip
+    p.add_argument(
+        "--target",
+        metavar="HOST:PORT",
+        default=env_target,
+        required=env_target is None,
+        help=f"address of the {service} (default: $INTERNVL_TARGET)",
+    )
+    p.add_argument(
+        "--num-frames", type=int, default=0, metavar="N", help="frames sampled per video (0 = server default)"
+    )
     p.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS", help="deadline of the call (default 300)")
     p.add_argument("--allow-urls", action="store_true", help="let media be http(s) urls, fetched by this client")
     p.set_defaults(service=service)
@@ -126,8 +142,13 @@ def _run(args: argparse.Namespace) -> int:
     from internvl_serve.clients.cli_tracing import tracing_from_env
 
     telemetry = tracing_from_env()
-    client = InternVLClient(args.target, timeout=args.timeout, allow_urls=args.allow_urls, num_frames=args.num_frames,
-                            tracer_provider=telemetry.tracer_provider if telemetry else None)  # fmt: skip
+    client = InternVLClient(
+        args.target,
+        timeout=args.timeout,
+        allow_urls=args.allow_urls,
+        num_frames=args.num_frames,
+        tracer_provider=telemetry.tracer_provider if telemetry else None,
+    )
     try:
         with client:
             return _generate(client, args) if args.command == "generate" else _encode(client, args)
@@ -181,6 +202,9 @@ def _encode(client: Any, args: argparse.Namespace) -> int:
     for path, item in zip(args.paths, client.encode(items)):
         print(json.dumps({"path": path, **item.to_dict()}) if args.json else item.media_id, flush=True)
         if not item.reusable:
-            print(f"internvl-client: note: {path} was encoded but not cached (the encoder's cache is "
-                  "unavailable): its media_id cannot be reused", file=sys.stderr)  # fmt: skip
+            print(
+                f"internvl-client: note: {path} was encoded but not cached (the encoder's cache is "
+                "unavailable): its media_id cannot be reused",
+                file=sys.stderr,
+            )
     return EXIT_OK

@@ -27,12 +27,21 @@ from internvl_serve.clients.channel import ChannelSettings, aio_channel, sync_ch
 from internvl_serve.clients.errors import DeadlineExceededError, InputError, from_rpc_error
 from internvl_serve.clients.fetch import UrlPolicy
 from internvl_serve.clients.messages import encode_request, generate_request, is_batch
-from internvl_serve.pb.internvl.v1 import generation_service_pb2_grpc as gen_grpc
-from internvl_serve.pb.internvl.v1 import vision_encoder_service_pb2_grpc as enc_grpc
 from internvl_serve.clients.results import EncodedMedia, GenerateResult, StreamDelta
 from internvl_serve.clients.sampling import sampling_params
-from internvl_serve.clients.tracing import ENCODE, GENERATE, GENERATE_STREAM, ClientSpan, client_span, current_context
-from internvl_serve.clients.tracing import generation_attributes, get_tracer, request_attributes
+from internvl_serve.clients.tracing import (
+    ENCODE,
+    GENERATE,
+    GENERATE_STREAM,
+    ClientSpan,
+    client_span,
+    current_context,
+    generation_attributes,
+    get_tracer,
+    request_attributes,
+)
+from internvl_serve.pb.internvl.v1 import generation_service_pb2_grpc as gen_grpc
+from internvl_serve.pb.internvl.v1 import vision_encoder_service_pb2_grpc as enc_grpc
 
 
 class _ClientBase:
@@ -83,8 +92,9 @@ class _ClientBase:
         return remaining
 
     def _request(self, conversation: Any, sampling: Any, request_id: str | None, stream: bool):
-        return generate_request(conversation, sampling, self.url_policy, request_id=request_id,
-                                num_frames=self.num_frames, stream=stream)  # fmt: skip
+        return generate_request(
+            conversation, sampling, self.url_policy, request_id=request_id, num_frames=self.num_frames, stream=stream
+        )
 
     def _encode_request(self, media: Any, num_frames: int | None, return_embeddings: bool):
         frames = self.num_frames if num_frames is None else num_frames
@@ -126,8 +136,15 @@ class InternVLClient(_ClientBase):
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def generate(self, messages: Any, *, timeout: float | None = None, request_id: str | None = None,
-                 return_exceptions: bool = False, **sampling: Any) -> GenerateResult | list[Any]:  # fmt: skip
+    def generate(
+        self,
+        messages: Any,
+        *,
+        timeout: float | None = None,
+        request_id: str | None = None,
+        return_exceptions: bool = False,
+        **sampling: Any,
+    ) -> GenerateResult | list[Any]:
         """The reply to one conversation, or a list of replies (in order) to a list of conversations.
         With `return_exceptions=True` a failed conversation of a batch gives its exception in its place."""
         params = sampling_params(**sampling)
@@ -146,8 +163,9 @@ class InternVLClient(_ClientBase):
             # After a failure, conversations not started yet are dropped; calls in flight end on their own.
             pool.shutdown(wait=False, cancel_futures=True)
 
-    def _generate_one(self, conversation: Any, params: Any, request_id: str | None, deadline: float | None,
-                      parent: Any = None):  # fmt: skip
+    def _generate_one(
+        self, conversation: Any, params: Any, request_id: str | None, deadline: float | None, parent: Any = None
+    ):
         request = self._request(conversation, params, request_id, stream=False)
         timeout = self._remaining(deadline)
         try:
@@ -158,8 +176,9 @@ class InternVLClient(_ClientBase):
             raise from_rpc_error(exc) from exc
         return GenerateResult.from_proto(reply)
 
-    def stream(self, messages: Any, *, timeout: float | None = None, request_id: str | None = None,
-               **sampling: Any) -> Iterator[StreamDelta]:  # fmt: skip
+    def stream(
+        self, messages: Any, *, timeout: float | None = None, request_id: str | None = None, **sampling: Any
+    ) -> Iterator[StreamDelta]:
         """The reply to one conversation as it is produced. Arguments and media are checked now; the call
         starts on the first next(). Leaving the loop early cancels the call on the server."""
         params = sampling_params(**sampling)
@@ -183,8 +202,14 @@ class InternVLClient(_ClientBase):
             if call is not None:
                 call.cancel()  # a no-op once the stream ended; stops the server's work when we leave early
 
-    def encode(self, media: Any, *, num_frames: int | None = None, timeout: float | None = None,
-               return_embeddings: bool = False) -> list[EncodedMedia]:  # fmt: skip
+    def encode(
+        self,
+        media: Any,
+        *,
+        num_frames: int | None = None,
+        timeout: float | None = None,
+        return_embeddings: bool = False,
+    ) -> list[EncodedMedia]:
         """Encode one media item or a list (on `encoder_target`) and return one EncodedMedia per item, in
         order; its `media_id` can replace the bytes in later calls (see messages.encode_request)."""
         deadline = self._deadline(timeout)
@@ -227,8 +252,15 @@ class AsyncInternVLClient(_ClientBase):
     async def __aexit__(self, *exc: Any) -> None:
         await self.close()
 
-    async def generate(self, messages: Any, *, timeout: float | None = None, request_id: str | None = None,
-                       return_exceptions: bool = False, **sampling: Any) -> GenerateResult | list[Any]:  # fmt: skip
+    async def generate(
+        self,
+        messages: Any,
+        *,
+        timeout: float | None = None,
+        request_id: str | None = None,
+        return_exceptions: bool = False,
+        **sampling: Any,
+    ) -> GenerateResult | list[Any]:
         """As InternVLClient.generate; a batch runs concurrently (at most `max_concurrency` at once)."""
         params = sampling_params(**sampling)
         deadline = self._deadline(timeout)
@@ -259,16 +291,18 @@ class AsyncInternVLClient(_ClientBase):
             raise from_rpc_error(exc) from exc
         return GenerateResult.from_proto(reply)
 
-    def stream(self, messages: Any, *, timeout: float | None = None, request_id: str | None = None,
-               **sampling: Any) -> AsyncIterator[StreamDelta]:  # fmt: skip
+    def stream(
+        self, messages: Any, *, timeout: float | None = None, request_id: str | None = None, **sampling: Any
+    ) -> AsyncIterator[StreamDelta]:
         """`async for delta in client.stream(messages): ...` Arguments are checked now, media on the first
         iteration; leaving the loop early cancels the call on the server."""
         params = sampling_params(**sampling)
         conversation = _one_conversation(messages, "stream()")
         return self._stream(conversation, params, request_id, self._deadline(timeout), current_context())
 
-    async def _stream(self, conversation: Any, params: Any, request_id: str | None, deadline: float | None,
-                      parent: Any) -> AsyncIterator[StreamDelta]:  # fmt: skip
+    async def _stream(
+        self, conversation: Any, params: Any, request_id: str | None, deadline: float | None, parent: Any
+    ) -> AsyncIterator[StreamDelta]:
         request = await asyncio.to_thread(self._request, conversation, params, request_id, True)
         generation, _ = self._stubs()
         timeout = self._remaining(deadline)
@@ -285,8 +319,14 @@ class AsyncInternVLClient(_ClientBase):
         finally:
             call.cancel()
 
-    async def encode(self, media: Any, *, num_frames: int | None = None, timeout: float | None = None,
-                     return_embeddings: bool = False) -> list[EncodedMedia]:  # fmt: skip
+    async def encode(
+        self,
+        media: Any,
+        *,
+        num_frames: int | None = None,
+        timeout: float | None = None,
+        return_embeddings: bool = False,
+    ) -> list[EncodedMedia]:
         """As InternVLClient.encode."""
         deadline = self._deadline(timeout)
         request = await asyncio.to_thread(self._encode_request, media, num_frames, return_embeddings)

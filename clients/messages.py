@@ -21,8 +21,10 @@ from internvl_serve.pb.internvl.v1 import vision_encoder_service_pb2 as enc_pb
 
 ROLES = ("system", "user", "assistant")
 PART_TYPES = ("text", m.IMAGE, m.VIDEO)
-_SOURCE_KEYS = {m.IMAGE: ("image", "url", "path", "base64", "media_id"),
-                m.VIDEO: ("video", "url", "path", "base64", "media_id")}  # fmt: skip
+_SOURCE_KEYS = {
+    m.IMAGE: ("image", "url", "path", "base64", "media_id"),
+    m.VIDEO: ("video", "url", "path", "base64", "media_id"),
+}
 
 
 def is_batch(messages: Any) -> bool:

@@ -41,8 +41,9 @@ class GenerateResult:
 
     @classmethod
     def from_proto(cls, r: pb.GenerateResponse) -> GenerateResult:
-        return cls(r.text, list(r.token_ids), _FINISH.get(r.finish_reason), Usage.from_proto(r.usage),
-                   r.request_id, r.model)  # fmt: skip
+        return cls(
+            r.text, list(r.token_ids), _FINISH.get(r.finish_reason), Usage.from_proto(r.usage), r.request_id, r.model
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -63,8 +64,14 @@ class StreamDelta:
     @classmethod
     def from_proto(cls, r: pb.GenerateStreamResponse) -> StreamDelta:
         last = r.finish_reason != pb.FINISH_REASON_UNSPECIFIED
-        return cls(r.text, list(r.token_ids), _FINISH.get(r.finish_reason),
-                   Usage.from_proto(r.usage) if last else None, r.request_id, r.model)  # fmt: skip
+        return cls(
+            r.text,
+            list(r.token_ids),
+            _FINISH.get(r.finish_reason),
+            Usage.from_proto(r.usage) if last else None,
+            r.request_id,
+            r.model,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -94,8 +101,18 @@ class EncodedMedia:
     @classmethod
     def from_proto(cls, e: enc_pb.EncodedMedia, model: str = "") -> EncodedMedia:
         embeddings = tensor_to_numpy(e.embeddings) if e.HasField("embeddings") else None
-        return cls(e.media_id, _MEDIA_TYPE.get(e.media_type, "unspecified"), e.num_tiles, e.num_tokens,
-                   e.num_frames, e.tokens_per_tile, e.cache_hit, e.ttl_seconds, model, embeddings)  # fmt: skip
+        return cls(
+            e.media_id,
+            _MEDIA_TYPE.get(e.media_type, "unspecified"),
+            e.num_tiles,
+            e.num_tokens,
+            e.num_frames,
+            e.tokens_per_tile,
+            e.cache_hit,
+            e.ttl_seconds,
+            model,
+            embeddings,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "embeddings"}

@@ -29,9 +29,7 @@ def sampling_params(**kwargs: Any) -> pb.SamplingParams:
     """
     unknown = sorted(set(kwargs) - set(SAMPLING_KWARGS))
     if unknown:
-        raise TypeError(
-            f"unexpected sampling argument(s) {', '.join(unknown)}; accepted: {', '.join(SAMPLING_KWARGS)}"
-        )
+        raise TypeError(f"unexpected sampling argument(s) {', '.join(unknown)}; accepted: {', '.join(SAMPLING_KWARGS)}")
     params = pb.SamplingParams()
     values = {k: v for k, v in kwargs.items() if v is not None}
     if "max_new_tokens" in values:

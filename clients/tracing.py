@@ -98,8 +98,9 @@ class ClientSpan:
         self.span.end()
 
 
-def client_span(tracer: Any, full_method: str, target: str, attributes: dict[str, Any] | None = None,
-                parent: Any = None) -> ClientSpan:  # fmt: skip
+def client_span(
+    tracer: Any, full_method: str, target: str, attributes: dict[str, Any] | None = None, parent: Any = None
+) -> ClientSpan:
     """Start a CLIENT span named `full_method` (a child of `parent`, default the current context) and the
     metadata carrying its context. The span is not made current, so it can end in another frame or thread."""
     if tracer is None:
@@ -118,8 +119,11 @@ def client_span(tracer: Any, full_method: str, target: str, attributes: dict[str
 
 def request_attributes(params: Any, stream: bool) -> dict[str, Any]:
     """GenAI attributes of a generation call, from its SamplingParams proto (0 = server default: not sent)."""
-    return {"gen_ai.operation.name": "chat", "gen_ai.request.stream": stream,
-            "gen_ai.request.max_tokens": params.max_new_tokens or None}  # fmt: skip
+    return {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.request.stream": stream,
+        "gen_ai.request.max_tokens": params.max_new_tokens or None,
+    }
 
 
 def generation_attributes(reply: Any, stream: bool) -> dict[str, Any]:

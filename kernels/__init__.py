@@ -7,6 +7,7 @@ Importing this package does not import triton (the first launch does): see api.p
 """
 
 from .api import decode_attention, prefill_attention, write_kv_cache
+from .backend import interpreting, use_triton
 from .config import (
     DEFAULT_MAX_SPLITS,
     DecodeConfig,
@@ -16,7 +17,6 @@ from .config import (
     prefill_config,
 )
 from .reference import decode_attention_ref, prefill_attention_ref, write_kv_cache_ref
-from .backend import interpreting, use_triton
 from .torch_paged import SequenceBlocks, decode_attention_torch, prefill_attention_torch
 from .workspace import DecodeWorkspace
 

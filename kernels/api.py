@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 from . import checks
-from .config import DecodeConfig, PrefillConfig, choose_num_splits, decode_config, num_sms, prefill_config
 from .backend import interpreting
+from .config import DecodeConfig, PrefillConfig, choose_num_splits, decode_config, num_sms, prefill_config
 from .workspace import DecodeWorkspace
 
 
@@ -65,8 +65,9 @@ def prefill_attention(
     positions. block_tables int32 [num_seqs, max_blocks]. Returns a tensor like q (or fills `out`).
     Values (lengths, block ids) are the caller's contract: checking them would need a device sync.
     """
-    checks.check_device(q=q, k_cache=k_cache, v_cache=v_cache, cu_seqlens_q=cu_seqlens_q,
-                        seq_lens=seq_lens, block_tables=block_tables)
+    checks.check_device(
+        q=q, k_cache=k_cache, v_cache=v_cache, cu_seqlens_q=cu_seqlens_q, seq_lens=seq_lens, block_tables=block_tables
+    )
     _, _, num_kv_heads, head_dim = checks.check_cache(k_cache, v_cache)
     total_q, num_q_heads = checks.check_query(q, k_cache, "q", "total_q")
     num_seqs = checks.check_seq_lens(seq_lens)
@@ -107,8 +108,7 @@ def decode_attention(
     without them the length bound is the block table width (no device sync either way).
     A sequence with seq_len 0 (a padding slot of a captured batch) gets zeros.
     """
-    device = checks.check_device(q=q, k_cache=k_cache, v_cache=v_cache, seq_lens=seq_lens,
-                                 block_tables=block_tables)
+    device = checks.check_device(q=q, k_cache=k_cache, v_cache=v_cache, seq_lens=seq_lens, block_tables=block_tables)
     _, block_size, num_kv_heads, head_dim = checks.check_cache(k_cache, v_cache)
     num_seqs, num_q_heads = checks.check_query(q, k_cache, "q", "num_seqs")
     checks.check_vector("seq_lens", seq_lens, num_seqs, torch.int32)

@@ -14,24 +14,47 @@ import torch
 import triton
 import triton.language as tl
 
+from .backend import needs_upcast
 from .config import DecodeConfig, next_pow2
 from .prefill import LOG2E, dot_precision
-from .backend import needs_upcast
 
 
 @triton.jit
 def _decode_split_kernel(
-    q_ptr, k_cache_ptr, v_cache_ptr, seq_lens_ptr, block_tables_ptr,
-    out_ptr, part_out_ptr, part_lse_ptr,
-    qk_scale, num_splits,
-    stride_qs, stride_qh, stride_os, stride_oh,
-    stride_kb, stride_ks, stride_kh,
-    stride_vb, stride_vs, stride_vh,
+    q_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    seq_lens_ptr,
+    block_tables_ptr,
+    out_ptr,
+    part_out_ptr,
+    part_lse_ptr,
+    qk_scale,
+    num_splits,
+    stride_qs,
+    stride_qh,
+    stride_os,
+    stride_oh,
+    stride_kb,
+    stride_ks,
+    stride_kh,
+    stride_vb,
+    stride_vs,
+    stride_vh,
     stride_bt,
-    stride_ps, stride_ph, stride_pk, stride_ls, stride_lh,
-    GROUP: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, DIRECT: tl.constexpr,
-    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    stride_ps,
+    stride_ph,
+    stride_pk,
+    stride_ls,
+    stride_lh,
+    GROUP: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    DIRECT: tl.constexpr,
+    UPCAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -47,8 +70,11 @@ def _decode_split_kernel(
     heads = kv_head * GROUP + rows
     row_valid = rows < GROUP
     dims = tl.arange(0, HEAD_DIM)
-    q = tl.load(q_ptr + seq.to(tl.int64) * stride_qs + heads[:, None] * stride_qh + dims[None, :],
-                mask=row_valid[:, None], other=0.0)
+    q = tl.load(
+        q_ptr + seq.to(tl.int64) * stride_qs + heads[:, None] * stride_qh + dims[None, :],
+        mask=row_valid[:, None],
+        other=0.0,
+    )
     if UPCAST:
         q = q.to(tl.float32)
 
@@ -83,8 +109,11 @@ def _decode_split_kernel(
     has_keys = l_i > 0.0
     out = acc / tl.where(has_keys, l_i, 1.0)[:, None]  # an empty split leaves acc = 0
     if DIRECT:  # a single split: no scratch, no merge
-        tl.store(out_ptr + seq.to(tl.int64) * stride_os + heads[:, None] * stride_oh + dims[None, :],
-                 out.to(out_ptr.dtype.element_ty), mask=row_valid[:, None])
+        tl.store(
+            out_ptr + seq.to(tl.int64) * stride_os + heads[:, None] * stride_oh + dims[None, :],
+            out.to(out_ptr.dtype.element_ty),
+            mask=row_valid[:, None],
+        )
     else:
         part = part_out_ptr + seq.to(tl.int64) * stride_ps + heads * stride_ph + split * stride_pk
         tl.store(part[:, None] + dims[None, :], out, mask=row_valid[:, None])
@@ -95,9 +124,19 @@ def _decode_split_kernel(
 
 @triton.jit
 def _decode_merge_kernel(
-    out_ptr, part_out_ptr, part_lse_ptr, num_splits,
-    stride_os, stride_oh, stride_ps, stride_ph, stride_pk, stride_ls, stride_lh,
-    BLOCK_S: tl.constexpr, HEAD_DIM: tl.constexpr,
+    out_ptr,
+    part_out_ptr,
+    part_lse_ptr,
+    num_splits,
+    stride_os,
+    stride_oh,
+    stride_ps,
+    stride_ph,
+    stride_pk,
+    stride_ls,
+    stride_lh,
+    BLOCK_S: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
 ):
     seq = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
@@ -105,8 +144,11 @@ def _decode_merge_kernel(
     dims = tl.arange(0, HEAD_DIM)
     used = splits < num_splits
     lse = tl.load(part_lse_ptr + seq * stride_ls + head * stride_lh + splits, mask=used, other=float("-inf"))
-    part = tl.load(part_out_ptr + seq * stride_ps + head * stride_ph + splits[:, None] * stride_pk + dims[None, :],
-                   mask=used[:, None], other=0.0)
+    part = tl.load(
+        part_out_ptr + seq * stride_ps + head * stride_ph + splits[:, None] * stride_pk + dims[None, :],
+        mask=used[:, None],
+        other=0.0,
+    )
     has_keys = lse > float("-inf")
     lse_max = tl.max(tl.where(has_keys, lse, -1.0e30), 0)
     weight = tl.where(has_keys, tl.math.exp2(lse - lse_max), 0.0)
@@ -140,27 +182,58 @@ def launch_decode(
         part_out = part_lse = out  # unused by the kernel; any tensor fills the pointer slots
         part_strides = (0, 0, 0, 0, 0)
     else:
-        part_strides = (part_out.stride(0), part_out.stride(1), part_out.stride(2),
-                        part_lse.stride(0), part_lse.stride(1))
+        part_strides = (
+            part_out.stride(0),
+            part_out.stride(1),
+            part_out.stride(2),
+            part_lse.stride(0),
+            part_lse.stride(1),
+        )
     _decode_split_kernel[(num_seqs, num_kv_heads, num_splits)](
-        q, k_cache, v_cache, seq_lens, block_tables,
-        out, part_out, part_lse,
-        scale * LOG2E, num_splits,
-        q.stride(0), q.stride(1), out.stride(0), out.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        q,
+        k_cache,
+        v_cache,
+        seq_lens,
+        block_tables,
+        out,
+        part_out,
+        part_lse,
+        scale * LOG2E,
+        num_splits,
+        q.stride(0),
+        q.stride(1),
+        out.stride(0),
+        out.stride(1),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        k_cache.stride(2),
+        v_cache.stride(0),
+        v_cache.stride(1),
+        v_cache.stride(2),
         block_tables.stride(0),
         *part_strides,
-        GROUP=group, BLOCK_H=max(16, next_pow2(group)), BLOCK_N=cfg.block_n,
-        BLOCK_SIZE=block_size, HEAD_DIM=head_dim, DIRECT=num_splits == 1,
-        UPCAST=needs_upcast(q.dtype), DOT_PRECISION=dot_precision(q.dtype),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        GROUP=group,
+        BLOCK_H=max(16, next_pow2(group)),
+        BLOCK_N=cfg.block_n,
+        BLOCK_SIZE=block_size,
+        HEAD_DIM=head_dim,
+        DIRECT=num_splits == 1,
+        UPCAST=needs_upcast(q.dtype),
+        DOT_PRECISION=dot_precision(q.dtype),
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
     )
     if num_splits == 1:
         return
     _decode_merge_kernel[(num_seqs, num_q_heads)](
-        out, part_out, part_lse, num_splits,
-        out.stride(0), out.stride(1), *part_strides,
-        BLOCK_S=next_pow2(num_splits), HEAD_DIM=head_dim,
+        out,
+        part_out,
+        part_lse,
+        num_splits,
+        out.stride(0),
+        out.stride(1),
+        *part_strides,
+        BLOCK_S=next_pow2(num_splits),
+        HEAD_DIM=head_dim,
         num_warps=4 if head_dim * next_pow2(num_splits) >= 2048 else 1,
     )

@@ -12,24 +12,42 @@ import torch
 import triton
 import triton.language as tl
 
-from .config import PrefillConfig
 from .backend import needs_upcast
+from .config import PrefillConfig
 
 LOG2E = 1.4426950408889634
 
 
 @triton.jit
 def _prefill_kernel(
-    q_ptr, k_cache_ptr, v_cache_ptr, out_ptr,
-    cu_seqlens_ptr, seq_lens_ptr, block_tables_ptr,
-    qk_scale, num_seqs,
-    stride_qt, stride_qh, stride_ot, stride_oh,
-    stride_kb, stride_ks, stride_kh,
-    stride_vb, stride_vs, stride_vh,
+    q_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    out_ptr,
+    cu_seqlens_ptr,
+    seq_lens_ptr,
+    block_tables_ptr,
+    qk_scale,
+    num_seqs,
+    stride_qt,
+    stride_qh,
+    stride_ot,
+    stride_oh,
+    stride_kb,
+    stride_ks,
+    stride_kh,
+    stride_vb,
+    stride_vs,
+    stride_vh,
     stride_bt,
-    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr,
-    UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    GROUP: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    UPCAST: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     q_block = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -60,8 +78,11 @@ def _prefill_kernel(
     dims = tl.arange(0, HEAD_DIM)
 
     q_rows = (q_start + row_q).to(tl.int64)
-    q = tl.load(q_ptr + q_rows[:, None] * stride_qt + row_head[:, None] * stride_qh + dims[None, :],
-                mask=row_valid[:, None], other=0.0)
+    q = tl.load(
+        q_ptr + q_rows[:, None] * stride_qt + row_head[:, None] * stride_qh + dims[None, :],
+        mask=row_valid[:, None],
+        other=0.0,
+    )
     if UPCAST:
         q = q.to(tl.float32)
 
@@ -119,8 +140,11 @@ def _prefill_kernel(
 
     l_i = tl.where(l_i > 0.0, l_i, 1.0)  # rows that are not stored; keeps the division quiet
     out = acc / l_i[:, None]
-    tl.store(out_ptr + q_rows[:, None] * stride_ot + row_head[:, None] * stride_oh + dims[None, :],
-             out.to(out_ptr.dtype.element_ty), mask=row_valid[:, None])
+    tl.store(
+        out_ptr + q_rows[:, None] * stride_ot + row_head[:, None] * stride_oh + dims[None, :],
+        out.to(out_ptr.dtype.element_ty),
+        mask=row_valid[:, None],
+    )
 
 
 def dot_precision(dtype: torch.dtype) -> str | None:
@@ -148,15 +172,34 @@ def launch_prefill(
     # Sequence i's programs start at cu[i] // block_q + i: this bounds the last one without a sync.
     grid = (total_q // block_q + num_seqs, num_kv_heads)
     _prefill_kernel[grid](
-        q, k_cache, v_cache, out,
-        cu_seqlens_q, seq_lens, block_tables,
-        scale * LOG2E, num_seqs,
-        q.stride(0), q.stride(1), out.stride(0), out.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        q,
+        k_cache,
+        v_cache,
+        out,
+        cu_seqlens_q,
+        seq_lens,
+        block_tables,
+        scale * LOG2E,
+        num_seqs,
+        q.stride(0),
+        q.stride(1),
+        out.stride(0),
+        out.stride(1),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        k_cache.stride(2),
+        v_cache.stride(0),
+        v_cache.stride(1),
+        v_cache.stride(2),
         block_tables.stride(0),
-        GROUP=group, BLOCK_M=cfg.block_m, BLOCK_Q=block_q, BLOCK_N=cfg.block_n,
-        BLOCK_SIZE=block_size, HEAD_DIM=head_dim,
-        UPCAST=needs_upcast(q.dtype), DOT_PRECISION=dot_precision(q.dtype),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        GROUP=group,
+        BLOCK_M=cfg.block_m,
+        BLOCK_Q=block_q,
+        BLOCK_N=cfg.block_n,
+        BLOCK_SIZE=block_size,
+        HEAD_DIM=head_dim,
+        UPCAST=needs_upcast(q.dtype),
+        DOT_PRECISION=dot_precision(q.dtype),
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
     )

@@ -24,9 +24,7 @@ def write_kv_cache_ref(
     v_cache[blocks, offsets] = v[keep].to(v_cache.dtype)
 
 
-def gather_kv(
-    cache: torch.Tensor, block_table_row: torch.Tensor, seq_len: int
-) -> torch.Tensor:
+def gather_kv(cache: torch.Tensor, block_table_row: torch.Tensor, seq_len: int) -> torch.Tensor:
     """The first seq_len positions of one sequence, [seq_len, num_kv_heads, head_dim]."""
     block_size = cache.shape[1]
     num_blocks = -(-seq_len // block_size)

@@ -60,6 +60,5 @@ class DecodeWorkspace:
             raise ValueError(f"{num_seqs} sequences exceed the workspace's max_num_seqs {self.max_num_seqs}")
         if out.shape[1] != num_q_heads or out.shape[3] != head_dim:
             raise ValueError(
-                f"workspace is for {out.shape[1]} heads x {out.shape[3]} dims, the call has "
-                f"{num_q_heads} x {head_dim}"
+                f"workspace is for {out.shape[1]} heads x {out.shape[3]} dims, the call has {num_q_heads} x {head_dim}"
             )

@@ -57,13 +57,17 @@ def model_card_chats(media_dir) -> dict[str, list[dict]]:
 
     return {
         "text only": user(text("Write a haiku")),
-        "one image": user({"type": "image", "image": str(media_dir / "view.jpg")}, text("Write a haiku for this image")),
+        "one image": user(
+            {"type": "image", "image": str(media_dir / "view.jpg")}, text("Write a haiku for this image")
+        ),
         "several images": user(
             {"type": "image", "image": str(media_dir / "liberty.jpg")},
             {"type": "image", "image": str(media_dir / "bridge.jpg")},
             text("These images depict two different landmarks. Can you identify them?"),
         ),
-        "video": user({"type": "video", "video": str(media_dir / "tennis.mp4")}, text("What type of shot is the man performing?")),
+        "video": user(
+            {"type": "video", "video": str(media_dir / "tennis.mp4")}, text("What type of shot is the man performing?")
+        ),
     }
 
 

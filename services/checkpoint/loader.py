@@ -120,7 +120,9 @@ def _read_config(path: Path):
             "OpenGVLab/InternVL3-* repos use remote code: use their '-hf' versions"
         )
     if (raw.get("text_config") or {}).get("model_type", "qwen2") != "qwen2":
-        raise CheckpointError(f"{path}: language model {raw['text_config'].get('model_type')!r} is not supported (Qwen2 only)")
+        raise CheckpointError(
+            f"{path}: language model {raw['text_config'].get('model_type')!r} is not supported (Qwen2 only)"
+        )
     from transformers import InternVLConfig
 
     try:

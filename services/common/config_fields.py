@@ -106,8 +106,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, env: Mappin
         if isinstance(default, bool):
             parser.add_argument(flag, dest=dest, action="store_true", default=shown, help=spec.help)
             if spec.negative_flag:
-                parser.add_argument(spec.negative_flag, dest=dest, action="store_false",
-                                    help=f"turn off {flag}")
+                parser.add_argument(spec.negative_flag, dest=dest, action="store_false", help=f"turn off {flag}")
             continue
         if shown is not MISSING and shown is not None and spec.scale:
             shown = shown / spec.scale
@@ -170,7 +169,7 @@ def _scaled(f: dataclasses.Field, value: float) -> Any:
 
 
 def comma_list(text: str) -> tuple[str, ...]:
-    """"a, b,,c" -> ("a", "b", "c")."""
+    """ "a, b,,c" -> ("a", "b", "c")."""
     return tuple(part.strip() for part in (text or "").split(",") if part.strip())
 
 

@@ -57,9 +57,17 @@ def pack(blob: EncodedBlob) -> bytes:
     emb = blob.embeddings
     payload = tensor_bytes(emb)
     header = _HEADER.pack(
-        MAGIC, VERSION, DTYPE_CODES[emb.dtype], blob.media_type, blob.num_tiles, blob.num_frames,
-        blob.tokens_per_tile, emb.shape[0], emb.shape[1], _digest(payload),
-    )  # fmt: skip
+        MAGIC,
+        VERSION,
+        DTYPE_CODES[emb.dtype],
+        blob.media_type,
+        blob.num_tiles,
+        blob.num_frames,
+        blob.tokens_per_tile,
+        emb.shape[0],
+        emb.shape[1],
+        _digest(payload),
+    )
     return header + payload
 
 

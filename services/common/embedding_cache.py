@@ -37,8 +37,12 @@ def make_media_id(preprocess_fingerprint: str, content_hash: str) -> str:
 class CacheSettings:
     """The Redis cache's settings; the same flags on the encoder (reads and writes) and the decoder (reads)."""
 
-    url: str | None = setting(None, "redis://host:port/db of the embedding cache; omit to run without it",
-                              flag="--redis-url", env="INTERNVL_REDIS_URL")
+    url: str | None = setting(
+        None,
+        "redis://host:port/db of the embedding cache; omit to run without it",
+        flag="--redis-url",
+        env="INTERNVL_REDIS_URL",
+    )
     ttl_s: int = setting(86_400, "TTL of every cache entry, in seconds", flag="--cache-ttl-s")
     connect_timeout_s: float = setting(0.5, "bound on each Redis connect", flag="--redis-connect-timeout-s")
     op_timeout_s: float = setting(0.5, "bound on each Redis command", flag="--redis-timeout-s")
@@ -48,8 +52,10 @@ class CacheSettings:
         out = []
         if self.ttl_s < 1:
             out.append(f"--cache-ttl-s must be >= 1, got {self.ttl_s}")
-        for flag, value in (("--redis-connect-timeout-s", self.connect_timeout_s),
-                            ("--redis-timeout-s", self.op_timeout_s)):
+        for flag, value in (
+            ("--redis-connect-timeout-s", self.connect_timeout_s),
+            ("--redis-timeout-s", self.op_timeout_s),
+        ):
             if value <= 0:
                 out.append(f"{flag} must be > 0, got {value}")
         if self.backoff_s < 0:
@@ -108,7 +114,6 @@ class EmbeddingCache:
         match = _MEDIA_ID.match(media_id)
         return None if match is None else self.key(match.group(1), match.group(2))
 
-
     def _available(self) -> bool:
         if self._client is None:
             return False
@@ -120,8 +125,9 @@ class EmbeddingCache:
 
     def _span(self, op: str):
         attributes = {**self._span_attributes, "db.operation.name": op}
-        return self.tracer.start_as_current_span(op, kind=SpanKind.CLIENT, attributes=attributes,
-                                                 record_exception=False, set_status_on_exception=False)  # fmt: skip
+        return self.tracer.start_as_current_span(
+            op, kind=SpanKind.CLIENT, attributes=attributes, record_exception=False, set_status_on_exception=False
+        )
 
     def _failed(self, op: str, exc: BaseException) -> None:
         span = trace.get_current_span()

@@ -8,14 +8,14 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 
 def resolve_device(device: str) -> torch.device:
-    """"auto": CUDA when available, else the CPU."""
+    """ "auto": CUDA when available, else the CPU."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """"auto": bfloat16 on a GPU, float32 on the CPU (the dtype of the parity tests)."""
+    """ "auto": bfloat16 on a GPU, float32 on the CPU (the dtype of the parity tests)."""
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return DTYPES[dtype]

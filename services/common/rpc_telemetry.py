@@ -21,15 +21,23 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from internvl_serve.common.outbound_span import rpc_attributes
 from internvl_serve.common.telemetry import Telemetry
 
-UNTRACED_SERVICES = frozenset({
-    "grpc.health.v1.Health",
-    "grpc.reflection.v1alpha.ServerReflection",
-    "grpc.reflection.v1.ServerReflection",
-})  # fmt: skip
-SERVER_ERROR_CODES = frozenset({
-    grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNIMPLEMENTED,
-    grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DATA_LOSS,
-})  # fmt: skip
+UNTRACED_SERVICES = frozenset(
+    {
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "grpc.reflection.v1.ServerReflection",
+    }
+)
+SERVER_ERROR_CODES = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
 
 
 _DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120]
@@ -72,14 +80,20 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
         self._tracer = telemetry.tracer("internvl_serve.grpc")
         meter = telemetry.meter("internvl_serve.grpc")
         self._requests = meter.create_counter(
-            "internvl.rpc.server.requests", unit="{request}", description="Finished RPCs by method and status code")
+            "internvl.rpc.server.requests", unit="{request}", description="Finished RPCs by method and status code"
+        )
         self._errors = meter.create_counter(
-            "internvl.rpc.server.errors", unit="{request}", description="RPCs that ended with a status other than OK")
+            "internvl.rpc.server.errors", unit="{request}", description="RPCs that ended with a status other than OK"
+        )
         self._active = meter.create_up_down_counter(
-            "internvl.rpc.server.active_requests", unit="{request}", description="RPCs in progress")
+            "internvl.rpc.server.active_requests", unit="{request}", description="RPCs in progress"
+        )
         self._duration = meter.create_histogram(
-            "rpc.server.call.duration", unit="s", description="Duration of incoming RPCs",
-            explicit_bucket_boundaries_advisory=_DURATION_BUCKETS)
+            "rpc.server.call.duration",
+            unit="s",
+            description="Duration of incoming RPCs",
+            explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
+        )
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
@@ -95,8 +109,9 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
                 with self._call(full_method, metadata, context):
                     return await inner(request, context)
 
-            return grpc.unary_unary_rpc_method_handler(unary_unary, handler.request_deserializer,
-                                                       handler.response_serializer)  # fmt: skip
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary, handler.request_deserializer, handler.response_serializer
+            )
         if handler.unary_stream is not None:
             inner_stream = handler.unary_stream
 
@@ -105,8 +120,9 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
                     async for response in inner_stream(request, context):
                         yield response
 
-            return grpc.unary_stream_rpc_method_handler(unary_stream, handler.request_deserializer,
-                                                        handler.response_serializer)  # fmt: skip
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream, handler.request_deserializer, handler.response_serializer
+            )
         return handler  # no client-streaming RPCs in our services
 
     @contextlib.contextmanager
@@ -118,9 +134,13 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
         self._active.add(1, metric_attrs)
         code = grpc.StatusCode.OK
         with self._tracer.start_as_current_span(
-            full_method, context=parent, kind=SpanKind.SERVER, attributes={**rpc_attrs, **_peer_attributes(context)},
-            record_exception=False, set_status_on_exception=False,
-        ) as span:  # fmt: skip
+            full_method,
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={**rpc_attrs, **_peer_attributes(context)},
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
             try:
                 yield span
                 code = context.code() or grpc.StatusCode.OK

@@ -2,9 +2,9 @@
 
 The service config carries a `TelemetrySettings`, read from the environment once, where the config is
 built from the command line (`TelemetrySettings.from_env`); `setup_telemetry(settings=config.telemetry)`
-gives a `Telemetry` holding that service's providers; the server passes it down through constructors (no global provider is set, so an encoder and a
-decoder in one process keep their own `service.name`) and shuts it down (flushing spans and metrics) when
-it stops.
+gives a `Telemetry` holding that service's providers; the server passes it down through constructors (no
+global provider is set, so an encoder and a decoder in one process keep their own `service.name`) and shuts
+it down (flushing spans and metrics) when it stops.
 
 What the SDK reads itself: OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES (they override our default
 service name), OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG, OTEL_BSP_* (batching), OTEL_METRIC_EXPORT_*,
@@ -92,8 +92,14 @@ def _exporters(env: Mapping[str, str], signal: str) -> tuple[str, ...]:
 class Telemetry:
     """A service's tracer and meter providers, and whether spans may carry prompt/completion text."""
 
-    def __init__(self, tracer_provider: trace.TracerProvider, meter_provider: metrics.MeterProvider, *,
-                 capture_content: bool = False, service_name: str = ""):  # fmt: skip
+    def __init__(
+        self,
+        tracer_provider: trace.TracerProvider,
+        meter_provider: metrics.MeterProvider,
+        *,
+        capture_content: bool = False,
+        service_name: str = "",
+    ):
         self.tracer_provider = tracer_provider
         self.meter_provider = meter_provider
         self.capture_content = capture_content
@@ -171,11 +177,21 @@ def setup_telemetry(
     readers = [*_metric_readers(settings), *metric_readers]
     meter_provider = MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
     content = settings.capture_content if capture_content is None else capture_content
-    telemetry = Telemetry(tracer_provider, meter_provider, capture_content=content,
-                          service_name=str(resource.attributes.get("service.name", "")))  # fmt: skip
+    telemetry = Telemetry(
+        tracer_provider,
+        meter_provider,
+        capture_content=content,
+        service_name=str(resource.attributes.get("service.name", "")),
+    )
     if settings.traces_exporters or settings.metrics_exporters:
-        log_event(log, "telemetry_exporting", service=telemetry.service_name, traces=list(settings.traces_exporters),
-                  metrics=list(settings.metrics_exporters), capture_content=content)  # fmt: skip
+        log_event(
+            log,
+            "telemetry_exporting",
+            service=telemetry.service_name,
+            traces=list(settings.traces_exporters),
+            metrics=list(settings.metrics_exporters),
+            capture_content=content,
+        )
     return telemetry
 
 

@@ -30,18 +30,23 @@ class DecoderConfig:
     model: str = setting(help="checkpoint directory or hub id (-hf format)")
     port: int = setting(50052, "0 picks a free port", env="INTERNVL_DECODER_PORT")
     host: str = setting("127.0.0.1", "address to listen on (0.0.0.0 in containers)", env="INTERNVL_HOST")
-    encoders: tuple[str, ...] = setting((), "vision encoders, HOST:PORT[,HOST:PORT...]", flag="--encoder",
-                                        env="INTERNVL_ENCODERS", parse=comma_list)
+    encoders: tuple[str, ...] = setting(
+        (), "vision encoders, HOST:PORT[,HOST:PORT...]", flag="--encoder", env="INTERNVL_ENCODERS", parse=comma_list
+    )
     # The encoders' embedding cache: media_id parts are read from it directly (cache.url, --redis-url).
     cache: CacheSettings = nested(CacheSettings)
     device: str = setting("auto", "auto (cuda when available), cpu, cuda, cuda:N", env="INTERNVL_DEVICE")
-    dtype: str = setting("auto", "auto: bfloat16 on GPU, float32 on CPU", env="INTERNVL_DTYPE",
-                         choices=("auto", *DTYPES))
+    dtype: str = setting(
+        "auto", "auto: bfloat16 on GPU, float32 on CPU", env="INTERNVL_DTYPE", choices=("auto", *DTYPES)
+    )
     block_size: int = setting(16, "tokens per KV-cache block")
     num_kv_blocks: int | None = setting(None, "exact number of KV blocks (overrides --kv-cache-mb)", parse=int)
     kv_cache_bytes: int | None = setting(
-        None, "KV-cache budget in MiB (default: CUDA --gpu-memory-fraction of the device, CPU 512)",
-        flag="--kv-cache-mb", scale=MiB, parse=float,
+        None,
+        "KV-cache budget in MiB (default: CUDA --gpu-memory-fraction of the device, CPU 512)",
+        flag="--kv-cache-mb",
+        scale=MiB,
+        parse=float,
     )
     gpu_memory_fraction: float = setting(
         0.90, "CUDA without --kv-cache-mb: share of device memory for weights, activations and KV cache"
@@ -57,8 +62,9 @@ class DecoderConfig:
         None, "prompt + generated tokens (default and maximum: the model's max_position_embeddings)", parse=int
     )
     # Requests carry media bytes (up to 16 items); replies are text.
-    max_receive_bytes: int = setting(512 * MiB, "largest gRPC request accepted, in MiB", flag="--max-receive-mb",
-                                     scale=MiB)
+    max_receive_bytes: int = setting(
+        512 * MiB, "largest gRPC request accepted, in MiB", flag="--max-receive-mb", scale=MiB
+    )
     max_send_bytes: int = setting(64 * MiB, "largest gRPC reply sent, in MiB", flag="--max-send-mb", scale=MiB)
     grace_s: float = setting(10.0, "SIGTERM: time in-flight requests get to finish")
     log_level: str = setting("INFO", "log level", env="INTERNVL_LOG_LEVEL")

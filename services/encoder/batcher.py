@@ -44,9 +44,15 @@ class BatcherStats:
 
 
 class MicroBatcher:
-    def __init__(self, run_batch: Callable[[torch.Tensor], torch.Tensor], max_tiles: int, max_wait_s: float, *,
-                 tracer: trace.Tracer | None = None,
-                 on_batch: Callable[[int, int, float], None] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        run_batch: Callable[[torch.Tensor], torch.Tensor],
+        max_tiles: int,
+        max_wait_s: float,
+        *,
+        tracer: trace.Tracer | None = None,
+        on_batch: Callable[[int, int, float], None] | None = None,
+    ):
         if max_tiles < 1:
             raise ValueError("max_tiles must be >= 1")
         self._run_batch = run_batch
@@ -157,7 +163,12 @@ class MicroBatcher:
         parent = trace.set_span_in_context(trace.NonRecordingSpan(first)) if first.is_valid else None
         links = [trace.Link(job.span_context) for job, _, _ in pieces[1:] if job.span_context.is_valid]
         return self._tracer.start_as_current_span(
-            "internvl.vision_batch", context=parent, links=links,
-            attributes={"internvl.vision.batch_tiles": num_tiles, "internvl.vision.batch_requests": len(pieces),
-                        "internvl.vision.max_batch_tiles": self.max_tiles},
-        )  # fmt: skip
+            "internvl.vision_batch",
+            context=parent,
+            links=links,
+            attributes={
+                "internvl.vision.batch_tiles": num_tiles,
+                "internvl.vision.batch_requests": len(pieces),
+                "internvl.vision.max_batch_tiles": self.max_tiles,
+            },
+        )

@@ -26,8 +26,9 @@ class EncoderConfig:
     port: int = setting(50051, "0 picks a free port", env="INTERNVL_ENCODER_PORT")
     host: str = setting("127.0.0.1", "address to listen on (0.0.0.0 in containers)", env="INTERNVL_HOST")
     device: str = setting("auto", "auto (cuda when available), cpu, cuda, cuda:N", env="INTERNVL_DEVICE")
-    dtype: str = setting("auto", "auto: bfloat16 on GPU, float32 on CPU", env="INTERNVL_DTYPE",
-                         choices=("auto", *DTYPES))
+    dtype: str = setting(
+        "auto", "auto: bfloat16 on GPU, float32 on CPU", env="INTERNVL_DTYPE", choices=("auto", *DTYPES)
+    )
     max_batch_tiles: int = setting(32, "tiles per vision-tower batch")
     max_batch_wait_ms: float = setting(5.0, "how long a batch waits to fill")
     max_media_per_request: int = setting(16, "media items one Encode request may carry")
@@ -35,8 +36,9 @@ class EncoderConfig:
     cache: CacheSettings = nested(CacheSettings)
     limits: MediaLimits = nested(MediaLimits)
     # Requests carry encoded media (32 MiB images, 256 MiB videos by default); replies inline embeddings.
-    max_receive_bytes: int = setting(512 * MiB, "largest gRPC request accepted, in MiB", flag="--max-receive-mb",
-                                     scale=MiB)
+    max_receive_bytes: int = setting(
+        512 * MiB, "largest gRPC request accepted, in MiB", flag="--max-receive-mb", scale=MiB
+    )
     max_send_bytes: int = setting(1024 * MiB, "largest gRPC reply sent, in MiB", flag="--max-send-mb", scale=MiB)
     grace_s: float = setting(10.0, "SIGTERM: time in-flight requests get to finish")
     log_level: str = setting("INFO", "log level", env="INTERNVL_LOG_LEVEL")

@@ -17,11 +17,11 @@ import torch
 from opentelemetry import trace
 
 from internvl_serve.checkpoint import fingerprint, open_checkpoint
+from internvl_serve.common.embedding_blob import MEDIA_IMAGE, MEDIA_VIDEO, EncodedBlob
+from internvl_serve.common.embedding_cache import EmbeddingCache, make_media_id
 from internvl_serve.common.errors import InvalidArgument, NotFound, ResourceExhausted
 from internvl_serve.common.logs import log_event
 from internvl_serve.encoder.batcher import MicroBatcher
-from internvl_serve.common.embedding_blob import MEDIA_IMAGE, MEDIA_VIDEO, EncodedBlob
-from internvl_serve.common.embedding_cache import EmbeddingCache, make_media_id
 from internvl_serve.encoder.config import EncoderConfig
 from internvl_serve.encoder.media.config import load_preprocess
 from internvl_serve.encoder.media.images import decode_image, image_to_tiles
@@ -60,8 +60,9 @@ class EncodeOutcome:
 
 
 class EncoderEngine:
-    def __init__(self, config: EncoderConfig, tracer: trace.Tracer | None = None,
-                 metrics: EncoderMetrics | None = None):  # fmt: skip
+    def __init__(
+        self, config: EncoderConfig, tracer: trace.Tracer | None = None, metrics: EncoderMetrics | None = None
+    ):
         self.config = config
         self.tracer = tracer or trace.NoOpTracer()
         self.metrics = metrics
@@ -76,8 +77,13 @@ class EncoderEngine:
         del state
         self.image_pp, self.video_pp, self.tokens_per_tile = load_preprocess(ckpt.path)
         self.cache = EmbeddingCache(config.cache, self.model_fingerprint, tracer=self.tracer)
-        self.batcher = MicroBatcher(self._run_batch, config.max_batch_tiles, config.max_batch_wait_ms / 1000,
-                                    tracer=self.tracer, on_batch=metrics.record_batch if metrics else None)  # fmt: skip
+        self.batcher = MicroBatcher(
+            self._run_batch,
+            config.max_batch_tiles,
+            config.max_batch_wait_ms / 1000,
+            tracer=self.tracer,
+            on_batch=metrics.record_batch if metrics else None,
+        )
         # Image decode and tiling are CPU work; keep them off the event loop.
         self._cpu = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="media")
         self.video = VideoDecoder(self.video_pp, config.limits, workers=config.video_workers)
@@ -85,10 +91,16 @@ class EncoderEngine:
         self._leader_spans: dict[str, trace.SpanContext] = {}  # single flight: who computes each key
         self.computed = 0  # media encoded by the model (not served from the cache)
         log_event(
-            log, "encoder_loaded", model=str(ckpt.path), layout=ckpt.layout, tensors=report.tensors_read,
-            parameters=self.num_parameters, device=str(self.device), dtype=str(self.dtype),
+            log,
+            "encoder_loaded",
+            model=str(ckpt.path),
+            layout=ckpt.layout,
+            tensors=report.tensors_read,
+            parameters=self.num_parameters,
+            device=str(self.device),
+            dtype=str(self.dtype),
             fingerprint=self.model_fingerprint,
-        )  # fmt: skip
+        )
 
     async def start(self) -> None:
         self.batcher.start()
@@ -164,12 +176,16 @@ class EncoderEngine:
         with self.tracer.start_as_current_span("internvl.encode_media", attributes=attributes) as span:
             outcome = await self._encode_item(index, item)
             blob = outcome.blob
-            span.set_attributes({
-                "internvl.media.type": "image" if blob.media_type == MEDIA_IMAGE else "video",
-                "internvl.media.num_tiles": blob.num_tiles, "internvl.media.num_frames": blob.num_frames,
-                "internvl.media.num_tokens": blob.embeddings.shape[0], "internvl.media.cache_hit": outcome.cache_hit,
-                "internvl.media.stored": outcome.in_cache,
-            })  # fmt: skip
+            span.set_attributes(
+                {
+                    "internvl.media.type": "image" if blob.media_type == MEDIA_IMAGE else "video",
+                    "internvl.media.num_tiles": blob.num_tiles,
+                    "internvl.media.num_frames": blob.num_frames,
+                    "internvl.media.num_tokens": blob.embeddings.shape[0],
+                    "internvl.media.cache_hit": outcome.cache_hit,
+                    "internvl.media.stored": outcome.in_cache,
+                }
+            )
         if self.metrics is not None:
             self.metrics.record_media("image" if blob.media_type == MEDIA_IMAGE else "video", outcome.cache_hit)
         return outcome
@@ -258,5 +274,9 @@ def _media_attributes(index: int, item: MediaInput) -> dict[str, object]:
     if isinstance(item, MediaRef):
         return {"internvl.media.index": index, "internvl.media.source": "media_id"}
     kind = "image" if isinstance(item, ImageInput) else "video"
-    return {"internvl.media.index": index, "internvl.media.source": kind, "internvl.media.type": kind,
-            "internvl.media.bytes": len(item.data)}  # fmt: skip
+    return {
+        "internvl.media.index": index,
+        "internvl.media.source": kind,
+        "internvl.media.type": kind,
+        "internvl.media.bytes": len(item.data),
+    }

@@ -28,21 +28,41 @@ class EncoderMetrics:
     def __init__(self, meter: Meter, engine: Callable[[], Any]):
         self._engine = engine
         self.media = meter.create_counter(
-            "internvl.encoder.media", unit="{media}",
-            description="Media items encoded, by internvl.media.type and internvl.media.cache_hit")  # fmt: skip
+            "internvl.encoder.media",
+            unit="{media}",
+            description="Media items encoded, by internvl.media.type and internvl.media.cache_hit",
+        )
         self.batch_tiles = meter.create_histogram(
-            "internvl.encoder.batch.tiles", unit="{tile}", description="Tiles per vision-tower batch",
-            explicit_bucket_boundaries_advisory=[1, 2, 4, 8, 13, 16, 24, 32, 48, 64, 96, 128])  # fmt: skip
+            "internvl.encoder.batch.tiles",
+            unit="{tile}",
+            description="Tiles per vision-tower batch",
+            explicit_bucket_boundaries_advisory=[1, 2, 4, 8, 13, 16, 24, 32, 48, 64, 96, 128],
+        )
         self.batch_duration = meter.create_histogram(
-            "internvl.encoder.batch.duration", unit="s", description="Vision tower + projector time per batch",
-            explicit_bucket_boundaries_advisory=[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10])  # fmt: skip
+            "internvl.encoder.batch.duration",
+            unit="s",
+            description="Vision tower + projector time per batch",
+            explicit_bucket_boundaries_advisory=[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+        )
         for suffix, (field, description) in _CACHE_COUNTERS.items():
-            meter.create_observable_counter(f"internvl.encoder.cache.{suffix}", [self._cache_callback(field)],
-                                            unit="{operation}", description=description)  # fmt: skip
-        meter.create_observable_gauge("internvl.encoder.batch.queue", [self._queue], unit="{request}",
-                                      description="Requests waiting for the vision tower")  # fmt: skip
-        meter.create_observable_gauge("internvl.encoder.inflight", [self._inflight], unit="{media}",
-                                      description="Distinct media being computed (single flight)")  # fmt: skip
+            meter.create_observable_counter(
+                f"internvl.encoder.cache.{suffix}",
+                [self._cache_callback(field)],
+                unit="{operation}",
+                description=description,
+            )
+        meter.create_observable_gauge(
+            "internvl.encoder.batch.queue",
+            [self._queue],
+            unit="{request}",
+            description="Requests waiting for the vision tower",
+        )
+        meter.create_observable_gauge(
+            "internvl.encoder.inflight",
+            [self._inflight],
+            unit="{media}",
+            description="Distinct media being computed (single flight)",
+        )
 
     def record_batch(self, tiles: int, requests: int, seconds: float) -> None:
         self.batch_tiles.record(tiles)

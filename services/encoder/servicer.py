@@ -6,11 +6,12 @@ import asyncio
 
 from opentelemetry import trace
 
-from internvl_serve.pb.internvl.v1 import media_pb2, vision_encoder_service_pb2 as pb
-from internvl_serve.pb.internvl.v1 import vision_encoder_service_pb2_grpc as pb_grpc
-from internvl_serve.common.errors import InvalidArgument, Unavailable
 from internvl_serve.common.embedding_blob import DTYPE_NAMES, MEDIA_IMAGE, tensor_bytes
-from internvl_serve.encoder.engine import EncodeOutcome, ImageInput, MediaInput, MediaRef, VideoInput, EncoderEngine
+from internvl_serve.common.errors import InvalidArgument, Unavailable
+from internvl_serve.encoder.engine import EncodeOutcome, EncoderEngine, ImageInput, MediaInput, MediaRef, VideoInput
+from internvl_serve.pb.internvl.v1 import media_pb2
+from internvl_serve.pb.internvl.v1 import vision_encoder_service_pb2 as pb
+from internvl_serve.pb.internvl.v1 import vision_encoder_service_pb2_grpc as pb_grpc
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["VisionEncoderService"].full_name
 

@@ -37,11 +37,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=32, metavar="N", help="length of the answer (default 32)")
     p.add_argument("--demo-only", action="store_true", help="stop the stack after the answer (tests, CI)")
     p.add_argument("--stream", action="store_true", help="print the answer as it is generated")
-    p.add_argument("--ready-timeout-s", type=float, default=900.0, metavar="SECONDS",
-                   help="give up when the stack is not ready after this long (default 900)")
+    p.add_argument(
+        "--ready-timeout-s",
+        type=float,
+        default=900.0,
+        metavar="SECONDS",
+        help="give up when the stack is not ready after this long (default 900)",
+    )
     up = p.add_argument_group("passed to internvl-serve up (see `internvl-serve up --help`)")
-    for flag, metavar in (("--host", "HOST"), ("--port", "N"), ("--encoder-port", "N"), ("--redis-port", "N"),
-                          ("--device", "DEVICE"), ("--dtype", "DTYPE"), ("--log-dir", "DIR")):  # fmt: skip
+    for flag, metavar in (
+        ("--host", "HOST"),
+        ("--port", "N"),
+        ("--encoder-port", "N"),
+        ("--redis-port", "N"),
+        ("--device", "DEVICE"),
+        ("--dtype", "DTYPE"),
+        ("--log-dir", "DIR"),
+    ):
         up.add_argument(flag, default=None, metavar=metavar)
     up.add_argument("--no-redis", action="store_true", help="run without redis-server (no embedding cache)")
     return p
@@ -98,8 +110,10 @@ def _wait_ready(proc: subprocess.Popen, ready_file: Path, forwarder: _Forwarder,
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.no_redis and shutil.which("redis-server") is None:
-        print(f"run: redis-server is not on PATH ({REDIS_INSTALL_HINT}); running without the embedding cache",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"run: redis-server is not on PATH ({REDIS_INSTALL_HINT}); running without the embedding cache",
+            file=sys.stderr,
+        )
         args.no_redis = True
     forwarder = _Forwarder()
     with tempfile.TemporaryDirectory(prefix="internvl-run-") as tmp:
@@ -124,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _ask(args: argparse.Namespace, info: dict, tmp: Path) -> int:
     """The one-image chat through `internvl-client generate`, exactly as a person would type it."""
-    media = [a for path in args.image for a in ("--image", path)] + [a for path in args.video for a in ("--video", path)]
+    media = [a for path in args.image for a in ("--image", path)] + [
+        a for path in args.video for a in ("--video", path)
+    ]
     if not media:
         from internvl_serve.oracle.sample import sample_image
 
@@ -132,8 +148,17 @@ def _ask(args: argparse.Namespace, info: dict, tmp: Path) -> int:
         sample_image().save(picture)
         media = ["--image", str(picture)]
         print("\nrun: no --image given; a generated 640x480 picture stands in for the model card's photo")
-    command = [client_command(), "generate", "--target", info["decoder"], *media,
-               "--max-new-tokens", str(args.max_new_tokens), *(["--stream"] if args.stream else []), args.prompt]  # fmt: skip
+    command = [
+        client_command(),
+        "generate",
+        "--target",
+        info["decoder"],
+        *media,
+        "--max-new-tokens",
+        str(args.max_new_tokens),
+        *(["--stream"] if args.stream else []),
+        args.prompt,
+    ]
     print(f"run: {shlex.join(command)}", flush=True)
     if info.get("tiny_model"):
         print("run: (the tiny checkpoint has random weights: expect random text)", flush=True)

@@ -87,20 +87,34 @@ class LocalStack:
             self._start_redis()
         else:
             self.progress.line("redis: not started (--no-redis): the encoder runs without an embedding cache")
-        common = [*(["--device", c.device] if c.device else []), *(["--dtype", c.dtype] if c.dtype else []),
-                  "--log-level", c.log_level]  # fmt: skip
+        common = [
+            *(["--device", c.device] if c.device else []),
+            *(["--dtype", c.dtype] if c.dtype else []),
+            "--log-level",
+            c.log_level,
+        ]
         cache = ["--redis-url", c.redis_url] if c.redis_url else []
         self._spawn("encoder", c.encoder_port, ["--model", c.model_dir, "--host", c.host, *cache, *common])
-        self._spawn("decoder", c.decoder_port,
-                    ["--model", c.model_dir, "--host", c.host, "--encoder", c.encoder_address, *cache, *common])  # fmt: skip
+        self._spawn(
+            "decoder",
+            c.decoder_port,
+            ["--model", c.model_dir, "--host", c.host, "--encoder", c.encoder_address, *cache, *common],
+        )
         self._wait_all_healthy(should_stop)
 
     def _start_redis(self) -> None:
         c = self.config
         started = time.monotonic()
         try:
-            self.redis = RedisProcess("--maxmemory", c.redis_maxmemory, "--maxmemory-policy", "allkeys-lru",
-                                      port=c.redis_port, log_path=self.logs["redis"], own_group=True)  # fmt: skip
+            self.redis = RedisProcess(
+                "--maxmemory",
+                c.redis_maxmemory,
+                "--maxmemory-policy",
+                "allkeys-lru",
+                port=c.redis_port,
+                log_path=self.logs["redis"],
+                own_group=True,
+            )
         except RuntimeError as exc:
             raise StackFailed(self._with_tail(f"redis-server: {exc}", "redis")) from None
         self.progress.line(
@@ -123,18 +137,23 @@ class LocalStack:
                 raise Interrupted("stopped while starting")
             for name, service in list(pending.items()):
                 if service.proc.poll() is not None:
-                    raise StackFailed(self._with_tail(
-                        f"{name} exited with code {service.proc.returncode} while loading", name))  # fmt: skip
+                    raise StackFailed(
+                        self._with_tail(f"{name} exited with code {service.proc.returncode} while loading", name)
+                    )
                 if check(self.config.address(service.port), timeout_s=1.0) == "SERVING":
                     del pending[name]
-                    self.progress.line(f"{name} ready on {self.config.address(service.port)} "
-                                       f"in {time.monotonic() - started:.1f} s")  # fmt: skip
+                    self.progress.line(
+                        f"{name} ready on {self.config.address(service.port)} in {time.monotonic() - started:.1f} s"
+                    )
             now = time.monotonic()
             if pending and now - started > self.config.startup_timeout_s:
                 names = ", ".join(pending)
-                raise StackFailed(self._with_tail(
-                    f"{names} not healthy after {self.config.startup_timeout_s:.0f} s (--startup-timeout-s)",
-                    next(iter(pending))))  # fmt: skip
+                raise StackFailed(
+                    self._with_tail(
+                        f"{names} not healthy after {self.config.startup_timeout_s:.0f} s (--startup-timeout-s)",
+                        next(iter(pending)),
+                    )
+                )
             if pending and now >= next_beat:
                 next_beat = now + HEARTBEAT_S
                 states = [f"{n} ({last_event(self.logs[n]) or 'starting'})" for n in pending]

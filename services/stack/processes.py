@@ -52,8 +52,9 @@ def _parent_death_signal_setter():
 class RedisProcess:
     """redis-server with no persistence on 127.0.0.1; `extra_args` go on its command line."""
 
-    def __init__(self, *extra_args: str, port: int | None = None, log_path: Path | None = None,
-                 own_group: bool = False):  # fmt: skip
+    def __init__(
+        self, *extra_args: str, port: int | None = None, log_path: Path | None = None, own_group: bool = False
+    ):
         exe = shutil.which("redis-server")
         if exe is None:
             raise RuntimeError(f"redis-server is not on PATH; {REDIS_INSTALL_HINT}")
@@ -129,8 +130,16 @@ def wait_healthy(address: str, timeout_s: float, proc: subprocess.Popen | None =
 class ServiceProcess:
     """`internvl-serve <command> ... --port P` in its own process, waited on until healthy."""
 
-    def __init__(self, command: str, args: list[str], *, port: int | None = None, log_path: Path | None = None,
-                 env: dict[str, str] | None = None, own_group: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        command: str,
+        args: list[str],
+        *,
+        port: int | None = None,
+        log_path: Path | None = None,
+        env: dict[str, str] | None = None,
+        own_group: bool = False,
+    ):
         self.port = port or free_port()
         exe = Path(sys.executable).with_name("internvl-serve")
         argv = [str(exe) if exe.exists() else sys.executable, *([] if exe.exists() else ["-m", "internvl_serve.cli"])]

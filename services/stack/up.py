@@ -55,38 +55,85 @@ def add_up(sub: argparse._SubParsersAction) -> None:
         "random text. A default port that is busy is replaced by a free one; a busy port you name is an error.",
     )
     p.add_argument("--model", help="checkpoint directory or hub id (-hf format); default: the embedded tiny checkpoint")
-    p.add_argument("--host", default=env("INTERNVL_HOST", "127.0.0.1"),
-                   help="address the encoder and decoder listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
-    p.add_argument("--port", type=int, default=None, metavar="N",
-                   help=f"decoder (GenerationService) port (default {DEFAULT_DECODER_PORT}; 0 picks a free one)")
-    p.add_argument("--encoder-port", type=int, default=None, metavar="N",
-                   help=f"encoder (VisionEncoderService) port (default {DEFAULT_ENCODER_PORT})")
-    p.add_argument("--redis-port", type=int, default=None, metavar="N",
-                   help=f"redis-server port, on 127.0.0.1 only (default {DEFAULT_REDIS_PORT})")
-    p.add_argument("--redis-maxmemory", default="1gb", metavar="SIZE",
-                   help="redis memory cap; the least recently used embeddings are evicted past it (default 1gb)")
+    p.add_argument(
+        "--host",
+        default=env("INTERNVL_HOST", "127.0.0.1"),
+        help="address the encoder and decoder listen on (default 127.0.0.1; 0.0.0.0 for every interface)",
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"decoder (GenerationService) port (default {DEFAULT_DECODER_PORT}; 0 picks a free one)",
+    )
+    p.add_argument(
+        "--encoder-port",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"encoder (VisionEncoderService) port (default {DEFAULT_ENCODER_PORT})",
+    )
+    p.add_argument(
+        "--redis-port",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"redis-server port, on 127.0.0.1 only (default {DEFAULT_REDIS_PORT})",
+    )
+    p.add_argument(
+        "--redis-maxmemory",
+        default="1gb",
+        metavar="SIZE",
+        help="redis memory cap; the least recently used embeddings are evicted past it (default 1gb)",
+    )
     p.add_argument("--no-redis", action="store_true", help="run without redis-server (no embedding cache)")
-    p.add_argument("--log-dir", type=Path, default=None, metavar="DIR",
-                   help="where redis.log, encoder.log, decoder.log go (default $INTERNVL_SERVE_HOME/logs, "
-                        "i.e. ~/.cache/internvl-serve/logs)")  # fmt: skip
-    p.add_argument("--ready-file", type=Path, default=None, metavar="PATH",
-                   help="when all are healthy, write a JSON file with the addresses and pids (removed on stop)")
+    p.add_argument(
+        "--log-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where redis.log, encoder.log, decoder.log go (default $INTERNVL_SERVE_HOME/logs, "
+        "i.e. ~/.cache/internvl-serve/logs)",
+    )
+    p.add_argument(
+        "--ready-file",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="when all are healthy, write a JSON file with the addresses and pids (removed on stop)",
+    )
     p.add_argument("--device", default=None, help="passed to both services: auto, cpu, cuda, cuda:N")
-    p.add_argument("--dtype", default=None, choices=["auto", "float32", "float16", "bfloat16"],
-                   help="passed to both services (default auto: bfloat16 on GPU, float32 on CPU)")
-    p.add_argument("--log-level", default=env("INTERNVL_LOG_LEVEL", "INFO"), metavar="LEVEL",
-                   help="the services' log level (default $INTERNVL_LOG_LEVEL, else INFO)")
-    p.add_argument("--startup-timeout-s", type=float, default=600.0, metavar="SECONDS",
-                   help="give up when the services are not healthy after this long (default 600)")
-    p.set_defaults(run=run)  # fmt: skip
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=["auto", "float32", "float16", "bfloat16"],
+        help="passed to both services (default auto: bfloat16 on GPU, float32 on CPU)",
+    )
+    p.add_argument(
+        "--log-level",
+        default=env("INTERNVL_LOG_LEVEL", "INFO"),
+        metavar="LEVEL",
+        help="the services' log level (default $INTERNVL_LOG_LEVEL, else INFO)",
+    )
+    p.add_argument(
+        "--startup-timeout-s",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="give up when the services are not healthy after this long (default 600)",
+    )
+    p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     progress = Progress()
     try:
         if not args.no_redis and shutil.which("redis-server") is None:
-            raise RedisMissing(f"redis-server is not on PATH; {REDIS_INSTALL_HINT}; or run without the embedding "
-                               "cache: internvl-serve up --no-redis")  # fmt: skip
+            raise RedisMissing(
+                f"redis-server is not on PATH; {REDIS_INSTALL_HINT}; or run without the embedding "
+                "cache: internvl-serve up --no-redis"
+            )
         ports = _choose_ports(args, progress)
     except (RedisMissing, PortError) as exc:
         print(f"internvl-serve up: error: {exc}", file=sys.stderr)
@@ -98,17 +145,27 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     connect_host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(args.host, args.host)
     config = StackConfig(
-        model_dir=str(model_dir), host=args.host, connect_host=connect_host,
-        decoder_port=ports["decoder"], encoder_port=ports["encoder"], redis_port=ports.get("redis"),
-        log_dir=args.log_dir or serve_home() / "logs", redis_maxmemory=args.redis_maxmemory,
-        device=args.device, dtype=args.dtype, log_level=args.log_level, startup_timeout_s=args.startup_timeout_s,
-    )  # fmt: skip
+        model_dir=str(model_dir),
+        host=args.host,
+        connect_host=connect_host,
+        decoder_port=ports["decoder"],
+        encoder_port=ports["encoder"],
+        redis_port=ports.get("redis"),
+        log_dir=args.log_dir or serve_home() / "logs",
+        redis_maxmemory=args.redis_maxmemory,
+        device=args.device,
+        dtype=args.dtype,
+        log_level=args.log_level,
+        startup_timeout_s=args.startup_timeout_s,
+    )
     return _run_stack(config, tiny, args.ready_file, progress)
 
 
 def _choose_ports(args: argparse.Namespace, progress: Progress) -> dict[str, int]:
-    wanted = [("decoder", args.port, DEFAULT_DECODER_PORT, "--port"),
-              ("encoder", args.encoder_port, DEFAULT_ENCODER_PORT, "--encoder-port")]  # fmt: skip
+    wanted = [
+        ("decoder", args.port, DEFAULT_DECODER_PORT, "--port"),
+        ("encoder", args.encoder_port, DEFAULT_ENCODER_PORT, "--encoder-port"),
+    ]
     if not args.no_redis:
         wanted.append(("redis", args.redis_port, DEFAULT_REDIS_PORT, "--redis-port"))
     # Explicit ports first, so a default never takes a port the user named for another service.
@@ -119,8 +176,10 @@ def _choose_ports(args: argparse.Namespace, progress: Progress) -> dict[str, int
         host = "127.0.0.1" if name == "redis" else args.host
         choice = choose_port(name, host, requested, default, flag, taken)
         if choice.replaced_default is not None:
-            progress.line(f"port {choice.replaced_default} ({name}'s default) is busy; using {choice.port} "
-                          f"instead (set {flag} to choose)")  # fmt: skip
+            progress.line(
+                f"port {choice.replaced_default} ({name}'s default) is busy; using {choice.port} "
+                f"instead (set {flag} to choose)"
+            )
         taken.add(choice.port)
         chosen[name] = choice.port
     return chosen
@@ -135,14 +194,19 @@ def _prepare_model(model: str | None, progress: Progress) -> tuple[Path, bool]:
         progress.line("preparing the tiny checkpoint (built on the first run only)…")
         path = default_model_dir()
         progress.line(f"tiny checkpoint ready in {time.monotonic() - started:.1f} s: {path}")
-        progress.line("note: the tiny checkpoint has random weights, so it answers with random text; "
-                      "for real answers: internvl-serve up --model OpenGVLab/InternVL3-1B-hf (or a local -hf directory)")  # fmt: skip
+        progress.line(
+            "note: the tiny checkpoint has random weights, so it answers with random text; "
+            "for real answers: internvl-serve up --model OpenGVLab/InternVL3-1B-hf (or a local -hf directory)"
+        )
         return path, True
     from internvl_serve.checkpoint import open_checkpoint
 
     local = Path(model).expanduser()
-    progress.line(f"checking the checkpoint {model}…" if local.is_dir() else
-                  f"fetching {model} from the Hugging Face hub (cached after the first run)…")  # fmt: skip
+    progress.line(
+        f"checking the checkpoint {model}…"
+        if local.is_dir()
+        else f"fetching {model} from the Hugging Face hub (cached after the first run)…"
+    )
     # CheckpointError: internvl-serve's main prints its one-line message (exit 2)
     path = open_checkpoint(str(local.resolve()) if local.is_dir() else model).path
     progress.line(f"checkpoint ready in {time.monotonic() - started:.1f} s: {path}")
@@ -229,9 +293,13 @@ def client_command() -> str:
 def _print_ready(config: StackConfig, stack: LocalStack, tiny: bool, progress: Progress) -> None:
     target = config.decoder_address
     progress.line(f"ready in {progress.elapsed():.1f} s")
-    rows = [("decoder (GenerationService)", target), ("encoder (VisionEncoderService)", config.encoder_address),
-            ("redis (embedding cache)", config.redis_url or "off (--no-redis)"), ("model", config.model_dir),
-            ("logs", str(config.log_dir))]  # fmt: skip
+    rows = [
+        ("decoder (GenerationService)", target),
+        ("encoder (VisionEncoderService)", config.encoder_address),
+        ("redis (embedding cache)", config.redis_url or "off (--no-redis)"),
+        ("model", config.model_dir),
+        ("logs", str(config.log_dir)),
+    ]
     progress.raw()
     for label, value in rows:
         progress.raw(f"  {label:<32} {value}")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from internvl_serve.tiny_model.presets import PRESETS
 from internvl_serve.checkpoint.layout import KEY_LAYOUTS
+from internvl_serve.tiny_model.presets import PRESETS
 
 
 def add_make_tiny_model(sub: argparse._SubParsersAction) -> None:

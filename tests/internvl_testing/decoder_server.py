@@ -10,8 +10,14 @@ from internvl_testing.servers import ServerThread
 def decoder_config(model_dir, encoders: list[str], **overrides):
     from internvl_serve.decoder.config import DecoderConfig
 
-    base = DecoderConfig(model=str(model_dir), port=0, encoders=tuple(encoders), num_kv_blocks=256, max_num_seqs=16,
-                         max_tokens_per_step=512)  # fmt: skip
+    base = DecoderConfig(
+        model=str(model_dir),
+        port=0,
+        encoders=tuple(encoders),
+        num_kv_blocks=256,
+        max_num_seqs=16,
+        max_tokens_per_step=512,
+    )
     return dataclasses.replace(base, **overrides)
 
 

@@ -33,7 +33,9 @@ def tile_counts(oracle, chat: Chat) -> list[int]:
             out = oracle.processor.image_processor(images=[next(images)], crop_to_patches=True, return_tensors="pt")
             counts.append(int(out["num_patches"][0]))
         else:
-            out = oracle.processor.video_processor(videos=[next(videos)], video_metadata=[next(metadata)], return_tensors="pt")
+            out = oracle.processor.video_processor(
+                videos=[next(videos)], video_metadata=[next(metadata)], return_tensors="pt"
+            )
             counts.append(int(out["pixel_values_videos"].shape[1]))
     return counts
 

@@ -51,7 +51,10 @@ def build_paged_kv(
 
 
 def packed_queries(
-    q_lens: list[int], num_q_heads: int, head_dim: int, dtype: torch.dtype,
+    q_lens: list[int],
+    num_q_heads: int,
+    head_dim: int,
+    dtype: torch.dtype,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """q [sum(q_lens), num_q_heads, head_dim] and cu_seqlens_q int32 [len(q_lens) + 1]."""

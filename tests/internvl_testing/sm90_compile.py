@@ -16,8 +16,11 @@ import torch
 H100_SMEM_BYTES = 232448  # 227 KiB usable per block on sm_90
 
 _TORCH_TO_TRITON = {
-    torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32",
-    torch.int32: "i32", torch.int64: "i64",
+    torch.float16: "fp16",
+    torch.bfloat16: "bf16",
+    torch.float32: "fp32",
+    torch.int32: "i32",
+    torch.int64: "i64",
 }
 
 
@@ -104,15 +107,20 @@ def main() -> None:
             start = time.perf_counter()
             compiled = compile_sm90(fn, args, kwargs)
             ttgir, ptx = compiled.asm["ttgir"], compiled.asm["ptx"]
-            print(json.dumps({
-                "kernel": fn.__name__,
-                "shape": [num_q_heads, num_kv_heads, head_dim, str(dtype)],
-                "shared_bytes": compiled.metadata.shared,
-                "tensor_core_ops": ttgir.count("warp_group_dot ") + ptx.count("mma.sync"),
-                "async_copies": ttgir.count("async_copy_global_to_local"),
-                "local_stores": ptx.count("st.local"),
-                "seconds": round(time.perf_counter() - start, 2),
-            }), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "kernel": fn.__name__,
+                        "shape": [num_q_heads, num_kv_heads, head_dim, str(dtype)],
+                        "shared_bytes": compiled.metadata.shared,
+                        "tensor_core_ops": ttgir.count("warp_group_dot ") + ptx.count("mma.sync"),
+                        "async_copies": ttgir.count("async_copy_global_to_local"),
+                        "local_stores": ptx.count("st.local"),
+                        "seconds": round(time.perf_counter() - start, 2),
+                    }
+                ),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -17,8 +17,12 @@ def in_memory_telemetry(service: str, spans, reader=None):
     from internvl_serve.common.telemetry import TelemetrySettings, setup_telemetry
 
     # env={}: whatever OTEL_* the test runner has, these providers export only to the test's exporter/reader
-    return setup_telemetry(service, span_exporters=[spans], metric_readers=[reader] if reader else [],
-                           settings=TelemetrySettings.from_env(service, env={}))  # fmt: skip
+    return setup_telemetry(
+        service,
+        span_exporters=[spans],
+        metric_readers=[reader] if reader else [],
+        settings=TelemetrySettings.from_env(service, env={}),
+    )
 
 
 @dataclass
@@ -39,12 +43,17 @@ def from_sdk(span) -> SpanRecord:
     """An opentelemetry.sdk ReadableSpan (InMemorySpanExporter) as a SpanRecord."""
     ctx, parent = span.get_span_context(), span.parent
     return SpanRecord(
-        name=span.name, kind=span.kind.name, trace_id=f"{ctx.trace_id:032x}", span_id=f"{ctx.span_id:016x}",
+        name=span.name,
+        kind=span.kind.name,
+        trace_id=f"{ctx.trace_id:032x}",
+        span_id=f"{ctx.span_id:016x}",
         parent_id=None if parent is None else f"{parent.span_id:016x}",
-        service=str(span.resource.attributes.get("service.name")), attributes=dict(span.attributes or {}),
+        service=str(span.resource.attributes.get("service.name")),
+        attributes=dict(span.attributes or {}),
         events=[(e.name, dict(e.attributes or {})) for e in span.events],
-        links=[f"{link.context.span_id:016x}" for link in span.links], status=span.status.status_code.name,
-    )  # fmt: skip
+        links=[f"{link.context.span_id:016x}" for link in span.links],
+        status=span.status.status_code.name,
+    )
 
 
 def _any_value(v) -> Any:
@@ -70,12 +79,20 @@ def from_otlp(requests) -> list[SpanRecord]:
             service = str(_attrs(rs.resource.attributes).get("service.name"))
             for ss in rs.scope_spans:
                 for s in ss.spans:
-                    out.append(SpanRecord(
-                        name=s.name, kind=_KINDS.get(s.kind, str(s.kind)), trace_id=s.trace_id.hex(),
-                        span_id=s.span_id.hex(), parent_id=s.parent_span_id.hex() or None, service=service,
-                        attributes=_attrs(s.attributes), events=[(e.name, _attrs(e.attributes)) for e in s.events],
-                        links=[link.span_id.hex() for link in s.links], status=_STATUS.get(s.status.code, "UNSET"),
-                    ))  # fmt: skip
+                    out.append(
+                        SpanRecord(
+                            name=s.name,
+                            kind=_KINDS.get(s.kind, str(s.kind)),
+                            trace_id=s.trace_id.hex(),
+                            span_id=s.span_id.hex(),
+                            parent_id=s.parent_span_id.hex() or None,
+                            service=service,
+                            attributes=_attrs(s.attributes),
+                            events=[(e.name, _attrs(e.attributes)) for e in s.events],
+                            links=[link.span_id.hex() for link in s.links],
+                            status=_STATUS.get(s.status.code, "UNSET"),
+                        )
+                    )
     return out
 
 
@@ -151,7 +168,9 @@ def wait_for(predicate, timeout_s: float = 10.0, interval_s: float = 0.05):
 
 def only(spans: list[SpanRecord], **match) -> SpanRecord:
     found = [s for s in spans if all(getattr(s, k) == v for k, v in match.items())]
-    assert len(found) == 1, f"expected one span with {match}, found {len(found)}: {[(s.name, s.kind, s.service) for s in spans]}"
+    assert len(found) == 1, (
+        f"expected one span with {match}, found {len(found)}: {[(s.name, s.kind, s.service) for s in spans]}"
+    )
     return found[0]
 
 

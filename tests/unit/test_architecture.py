@@ -121,18 +121,26 @@ class Rule:
 
 
 RULES = (
-    Rule("kernels", "kernels/ depends on nothing of ours outside internvl_serve.kernels",
-         allowed_ours=(f"{ROOT}.kernels",)),
+    Rule(
+        "kernels",
+        "kernels/ depends on nothing of ours outside internvl_serve.kernels",
+        allowed_ours=(f"{ROOT}.kernels",),
+    ),
     Rule("services/encoder", "the encoder never imports the decoder", forbidden=(f"{ROOT}.decoder",)),
     Rule("services/decoder", "the decoder never imports the encoder", forbidden=(f"{ROOT}.encoder",)),
-    Rule("clients", "clients/ imports nothing from the services",
-         allowed_ours=(f"{ROOT}.clients", f"{ROOT}.pb")),
-    Rule("services/common", "services/common imports neither the encoder nor the decoder",
-         forbidden=(f"{ROOT}.encoder", f"{ROOT}.decoder")),
+    Rule("clients", "clients/ imports nothing from the services", allowed_ours=(f"{ROOT}.clients", f"{ROOT}.pb")),
+    Rule(
+        "services/common",
+        "services/common imports neither the encoder nor the decoder",
+        forbidden=(f"{ROOT}.encoder", f"{ROOT}.decoder"),
+    ),
     Rule("services", "the services never import the client library", forbidden=(f"{ROOT}.clients",)),
-    Rule("services/decoder/engine", "the engine core knows nothing of gRPC or the decoder's service",
-         forbidden=(f"{ROOT}.decoder.service", f"{ROOT}.pb", "grpc")),
-)  # fmt: skip
+    Rule(
+        "services/decoder/engine",
+        "the engine core knows nothing of gRPC or the decoder's service",
+        forbidden=(f"{ROOT}.decoder.service", f"{ROOT}.pb", "grpc"),
+    ),
+)
 
 
 def violations(path: str, source: str) -> list[str]:
@@ -190,8 +198,11 @@ def test_module_names_follow_the_package_layout():
 def test_relative_and_nested_imports_are_resolved():
     source = "from . import checks\nfrom .config import X\n\ndef f():\n    from ..common.logs import log_event\n"
     names = [(i.line, i.name) for i in imports_of("kernels/api.py", source)]
-    assert sorted(names) == [(1, "internvl_serve.kernels.checks"), (2, "internvl_serve.kernels.config.X"),
-                             (5, "internvl_serve.common.logs.log_event")]  # fmt: skip
+    assert sorted(names) == [
+        (1, "internvl_serve.kernels.checks"),
+        (2, "internvl_serve.kernels.config.X"),
+        (5, "internvl_serve.common.logs.log_event"),
+    ]
     pkg = [i.name for i in imports_of("services/decoder/engine/__init__.py", "from .scheduler import S\n")]
     assert pkg == ["internvl_serve.decoder.engine.scheduler.S"]
 

@@ -252,7 +252,7 @@ enum FinishReason { FINISH_REASON_UNSPECIFIED = 0; FINISH_REASON_STOP = 1; FINIS
 message Usage { uint32 input_tokens = 1; uint32 output_tokens = 2; uint32 image_tokens = 3; uint32 media_cache_hits = 4; }
 message GenerateResponse       { string text = 1; repeated uint32 token_ids = 2; FinishReason finish_reason = 3; Usage usage = 4; }
 message GenerateStreamResponse { string text = 1; repeated uint32 token_ids = 2; FinishReason finish_reason = 3; Usage usage = 4; } // text/token_ids are the delta; finish_reason and usage on the last message
-"""
+"""  # noqa: E501 (DESIGN.md's block, verbatim)
 
 # Where each contract type lives, i.e. the Python module clients import it from.
 MODULE_OF = {
@@ -317,7 +317,9 @@ def test_contract_types_live_in_their_documented_module(file_name: str) -> None:
 
 
 def test_design_contract_check_can_fail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sys.modules[__name__], "DESIGN_CONTRACT", DESIGN_CONTRACT.replace("media_id = 3", "media_id = 4"))
+    monkeypatch.setattr(
+        sys.modules[__name__], "DESIGN_CONTRACT", DESIGN_CONTRACT.replace("media_id = 3", "media_id = 4")
+    )
     with pytest.raises(AssertionError, match=r"Media\.media_id: DESIGN"):
         test_design_contract_is_kept(tmp_path)
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 import torch
 
 from internvl_serve.kernels import (
-    decode_attention,
     SequenceBlocks,
+    decode_attention,
     decode_attention_torch,
     prefill_attention,
     prefill_attention_torch,
@@ -65,11 +65,27 @@ def paged_attention(
         write_kv_cache(k, v, k_cache, v_cache, meta.slot_mapping)
         out = torch.empty_like(q)
         if d:
-            decode_attention(q[:d], k_cache, v_cache, meta.decode_seq_lens, meta.decode_block_tables, scale,
-                             max_seq_len=meta.decode_max_seq_len, out=out[:d])
+            decode_attention(
+                q[:d],
+                k_cache,
+                v_cache,
+                meta.decode_seq_lens,
+                meta.decode_block_tables,
+                scale,
+                max_seq_len=meta.decode_max_seq_len,
+                out=out[:d],
+            )
         if total > d:
-            prefill_attention(q[d:], k_cache, v_cache, meta.prefill_cu_seqlens, meta.prefill_seq_lens,
-                              meta.prefill_block_tables, scale, out=out[d:])
+            prefill_attention(
+                q[d:],
+                k_cache,
+                v_cache,
+                meta.prefill_cu_seqlens,
+                meta.prefill_seq_lens,
+                meta.prefill_block_tables,
+                scale,
+                out=out[d:],
+            )
         return out
     write_kv_cache_ref(k, v, k_cache, v_cache, meta.slot_mapping)
     if not meta.cpu_blocks:
@@ -78,9 +94,28 @@ def paged_attention(
         meta.cpu_blocks["prefill"] = SequenceBlocks.of(meta.prefill_seq_lens, meta.prefill_block_tables, block_size)
     parts = []
     if d:
-        parts.append(decode_attention_torch(q[:d], k_cache, v_cache, meta.decode_seq_lens, meta.decode_block_tables,
-                                            scale, blocks=meta.cpu_blocks["decode"]))
+        parts.append(
+            decode_attention_torch(
+                q[:d],
+                k_cache,
+                v_cache,
+                meta.decode_seq_lens,
+                meta.decode_block_tables,
+                scale,
+                blocks=meta.cpu_blocks["decode"],
+            )
+        )
     if total > d:
-        parts.append(prefill_attention_torch(q[d:], k_cache, v_cache, meta.prefill_cu_seqlens, meta.prefill_seq_lens,
-                                           meta.prefill_block_tables, scale, blocks=meta.cpu_blocks["prefill"]))
+        parts.append(
+            prefill_attention_torch(
+                q[d:],
+                k_cache,
+                v_cache,
+                meta.prefill_cu_seqlens,
+                meta.prefill_seq_lens,
+                meta.prefill_block_tables,
+                scale,
+                blocks=meta.cpu_blocks["prefill"],
+            )
+        )
     return parts[0] if len(parts) == 1 else torch.cat(parts)

@@ -111,7 +111,12 @@ class BlockManager:
         """`count` free blocks (the caller checked there are): from `next_block` on while free, then an
         open run that fits, then any free run that fits, then whatever is free."""
         taken: list[int] = []
-        while next_block is not None and len(taken) < count and next_block < self._num_blocks and self._is_free[next_block]:
+        while (
+            next_block is not None
+            and len(taken) < count
+            and next_block < self._num_blocks
+            and self._is_free[next_block]
+        ):
             taken.append(next_block)
             self._is_free[next_block] = self._open[next_block] = 0  # marked now: the searches below skip it
             next_block += 1

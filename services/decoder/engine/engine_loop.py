@@ -19,17 +19,17 @@ from dataclasses import dataclass
 
 from internvl_serve.common.errors import InvalidArgument, ServiceError, Unavailable
 from internvl_serve.common.logs import log_event
-from internvl_serve.decoder.engine.block_manager import BlockManager
 from internvl_serve.decoder.config import DecoderConfig
+from internvl_serve.decoder.engine.block_manager import BlockManager
 from internvl_serve.decoder.engine.kv_cache import KVCache, KVCacheSpec, num_kv_blocks
-from internvl_serve.decoder.engine.model_runner import ModelRunner, StepInputs
-from internvl_serve.decoder.engine.request import GenerationDelta, GenerationRequest, GenerationResult
 from internvl_serve.decoder.engine.loaded_model import LoadedModel
+from internvl_serve.decoder.engine.model_runner import ModelRunner, StepInputs
+from internvl_serve.decoder.engine.output_stream import RequestStream
+from internvl_serve.decoder.engine.request import GenerationDelta, GenerationRequest, GenerationResult
 from internvl_serve.decoder.engine.sampler import SamplingRow, sample
 from internvl_serve.decoder.engine.sampling_params import SamplingParams
 from internvl_serve.decoder.engine.scheduler import SampledToken, Scheduler
 from internvl_serve.decoder.engine.sequence import Sequence
-from internvl_serve.decoder.engine.output_stream import RequestStream
 from internvl_serve.decoder.engine.sequence_factory import new_sequence
 
 logger = logging.getLogger(__name__)
@@ -70,8 +70,13 @@ class Engine:
         self._closing = False
         self._num_preemptions = 0
         self._num_steps = 0
-        log_event(logger, "decoder.kv_cache", num_blocks=num_blocks, block_size=cfg.block_size,
-                  mib=round(self.kv_cache.nbytes / 2**20, 1))
+        log_event(
+            logger,
+            "decoder.kv_cache",
+            num_blocks=num_blocks,
+            block_size=cfg.block_size,
+            mib=round(self.kv_cache.nbytes / 2**20, 1),
+        )
 
     # ---- public API -------------------------------------------------------------------------------------
 
@@ -84,8 +89,14 @@ class Engine:
         return self.block_manager.num_total_blocks
 
     def stats(self) -> EngineStats:
-        return EngineStats(self.scheduler.num_running, self.scheduler.num_waiting, self.num_free_blocks,
-                           self.num_total_blocks, self._num_preemptions, self._num_steps)
+        return EngineStats(
+            self.scheduler.num_running,
+            self.scheduler.num_waiting,
+            self.num_free_blocks,
+            self.num_total_blocks,
+            self._num_preemptions,
+            self._num_steps,
+        )
 
     def check(self, messages: list[dict], sampling: SamplingParams) -> int:
         """Cheap checks to run before encoding media (InvalidArgument / ResourceExhausted); returns the
@@ -124,7 +135,9 @@ class Engine:
     async def warmup(self) -> None:
         """Run one short text request end to end (before reporting SERVING); leaves the pool full."""
         messages = [{"role": "user", "content": [{"type": "text", "text": "Hello"}]}]
-        await self.generate_full(GenerationRequest(messages, sampling=SamplingParams(max_new_tokens=2), request_id="warmup"))
+        await self.generate_full(
+            GenerationRequest(messages, sampling=SamplingParams(max_new_tokens=2), request_id="warmup")
+        )
 
     async def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until no request is queued or running (for draining); False on timeout."""
@@ -197,8 +210,13 @@ class Engine:
         if not seq.is_finished:
             self.scheduler.finish(seq)
             seq.cancelled = error is None
-            log_event(logger, "decoder.request_aborted", request_id=seq.request_id,
-                      reason=type(error).__name__ if error else "cancelled", output_tokens=len(seq.output_ids))
+            log_event(
+                logger,
+                "decoder.request_aborted",
+                request_id=seq.request_id,
+                reason=type(error).__name__ if error else "cancelled",
+                output_tokens=len(seq.output_ids),
+            )
         stream = self._streams.pop(seq.seq_id, None)
         if stream is not None and error is not None:
             stream.queue.put_nowait(error)
@@ -245,8 +263,11 @@ class Engine:
         except Exception as exc:  # a failed model step fails its own requests, never the loop
             logger.exception("decoder model step failed")
             for chunk in out.chunks:
-                error = exc if isinstance(exc, ServiceError) else Unavailable(
-                    "the decoder failed to run this request's step; retry")
+                error = (
+                    exc
+                    if isinstance(exc, ServiceError)
+                    else Unavailable("the decoder failed to run this request's step; retry")
+                )
                 self._abort(chunk.seq, error)
             return
         self._num_steps += 1
@@ -273,13 +294,18 @@ class Engine:
                 else:
                     self.scheduler.finish(seq, delta.finish_reason)
                 del self._streams[seq.seq_id]
-                log_event(logger, "decoder.request_finished", request_id=seq.request_id,
-                          finish_reason=delta.finish_reason.value, input_tokens=delta.usage.input_tokens,
-                          output_tokens=delta.usage.output_tokens, preemptions=seq.num_preemptions)
+                log_event(
+                    logger,
+                    "decoder.request_finished",
+                    request_id=seq.request_id,
+                    finish_reason=delta.finish_reason.value,
+                    input_tokens=delta.usage.input_tokens,
+                    output_tokens=delta.usage.output_tokens,
+                    preemptions=seq.num_preemptions,
+                )
             stream.queue.put_nowait(delta)
 
 
 def _sampling_row(seq: Sequence) -> SamplingRow:
     history = seq.all_token_ids() if seq.sampling.effective_repetition_penalty != 1.0 else None
     return SamplingRow(seq.sampling, seq.generator, history)
-

@@ -81,6 +81,13 @@ def load_model(config: DecoderConfig) -> LoadedModel:
         dtype=dtype,
         model_name=config.model,
     )
-    log_event(logger, "decoder.model_loaded", device=str(device), dtype=str(dtype).removeprefix("torch."),
-              layers=text_config.num_hidden_layers, hidden=text_config.hidden_size, context_len=context_len)
+    log_event(
+        logger,
+        "decoder.model_loaded",
+        device=str(device),
+        dtype=str(dtype).removeprefix("torch."),
+        layers=text_config.num_hidden_layers,
+        hidden=text_config.hidden_size,
+        context_len=context_len,
+    )
     return runtime

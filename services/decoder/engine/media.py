@@ -30,7 +30,9 @@ class MediaEmbedding:
         if self.num_tiles < 1 or self.tokens_per_tile < 1:
             raise ValueError(f"num_tiles ({self.num_tiles}) and tokens_per_tile ({self.tokens_per_tile}) must be >= 1")
         if self.media_type == "video" and self.num_frames != self.num_tiles:
-            raise ValueError(f"a video has one tile per frame: num_frames {self.num_frames} != num_tiles {self.num_tiles}")
+            raise ValueError(
+                f"a video has one tile per frame: num_frames {self.num_frames} != num_tiles {self.num_tiles}"
+            )
         if self.media_type == "image" and self.num_frames != 0:
             raise ValueError(f"an image has num_frames 0, got {self.num_frames}")
         if self.embeddings.dim() != 2 or self.embeddings.shape[0] != self.num_tokens:

@@ -116,4 +116,6 @@ class ModelRunner:
             embeds = self.model.embed(to_dev(inputs.token_ids))
             if inputs.media_rows is not None:
                 embeds[to_dev(inputs.media_index)] = inputs.media_rows.to(embeds.dtype)
-            return self.model(embeds, to_dev(inputs.positions), self.kv_cache.layers, meta, to_dev(inputs.logits_indices))
+            return self.model(
+                embeds, to_dev(inputs.positions), self.kv_cache.layers, meta, to_dev(inputs.logits_indices)
+            )

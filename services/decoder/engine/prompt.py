@@ -92,9 +92,7 @@ def check_messages(messages: list[dict[str, Any]], tokens: MediaTokens, max_medi
                         "as media parts, not as special tokens in text"
                     )
     if num_media > max_media:
-        raise InvalidArgument(
-            f"the request has {num_media} media items; at most {max_media} are allowed per request"
-        )
+        raise InvalidArgument(f"the request has {num_media} media items; at most {max_media} are allowed per request")
     return num_media
 
 
@@ -129,14 +127,19 @@ class PromptBuilder:
         num_media = self.check(messages)
         if num_media != len(media):
             raise ValueError(f"the chat has {num_media} media parts but {len(media)} media embeddings were given")
-        text = self.tokenizer.apply_chat_template(_template_messages(messages), add_generation_prompt=True, tokenize=False)
+        text = self.tokenizer.apply_chat_template(
+            _template_messages(messages), add_generation_prompt=True, tokenize=False
+        )
         items = iter(media)
 
         def expand(match: re.Match) -> str:
             item = next(items, None)
             kind = "image" if match.group(1) else "video"
             if item is None or item.media_type != kind:
-                raise ValueError(f"the chat template emitted a {kind} placeholder where the media list has {item and item.media_type}")
+                raise ValueError(
+                    f"the chat template emitted a {kind} placeholder where the media list has "
+                    f"{item and item.media_type}"
+                )
             return self._expansion(item)
 
         expanded = self._placeholder.sub(expand, text)
@@ -156,6 +159,8 @@ class PromptBuilder:
         positions = [i for i, t in enumerate(token_ids) if t == self.context_image_id]
         expected = sum(m.num_tokens for m in media)
         if len(positions) != expected:
-            raise ValueError(f"the prompt has {len(positions)} {self.tokens.context_image} tokens, the media {expected}")
+            raise ValueError(
+                f"the prompt has {len(positions)} {self.tokens.context_image} tokens, the media {expected}"
+            )
         embeddings = torch.cat([m.embeddings for m in media]) if media else None
         return Prompt(token_ids=token_ids, media_positions=positions, media_embeddings=embeddings)

@@ -28,7 +28,9 @@ class RotaryEmbedding(nn.Module):
         params = dict(getattr(text_config, "rope_parameters", None) or {})
         rope_type = params.get("rope_type", "default")
         if rope_type not in _STATIC_ROPE_TYPES:
-            raise CheckpointError(f"text_config rope_type {rope_type!r} is not supported (supported: {_STATIC_ROPE_TYPES})")
+            raise CheckpointError(
+                f"text_config rope_type {rope_type!r} is not supported (supported: {_STATIC_ROPE_TYPES})"
+            )
         head_dim = _head_dim(text_config)
         if rope_type == "default":
             base = params.get("rope_theta", getattr(text_config, "rope_theta", 10000.0))
@@ -152,7 +154,9 @@ class Qwen2ForCausalLM(nn.Module):
         return self.lm_head(x).float()
 
     @classmethod
-    def from_state(cls, config, state: dict[str, torch.Tensor], dtype=torch.float32, device="cpu") -> "Qwen2ForCausalLM":
+    def from_state(
+        cls, config, state: dict[str, torch.Tensor], dtype=torch.float32, device="cpu"
+    ) -> "Qwen2ForCausalLM":
         """`config` is the InternVLConfig; `state` holds canonical names (Checkpoint.load("language"))."""
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config.text_config
         with torch.device("meta"):
@@ -174,7 +178,9 @@ class Qwen2ForCausalLM(nn.Module):
 
 
 def _check_supported(config) -> None:
-    if getattr(config, "use_sliding_window", False) and "sliding_attention" in (getattr(config, "layer_types", None) or []):
+    if getattr(config, "use_sliding_window", False) and "sliding_attention" in (
+        getattr(config, "layer_types", None) or []
+    ):
         raise CheckpointError("text_config uses sliding-window attention, which this decoder does not implement")
     if config.num_attention_heads % config.num_key_value_heads:
         raise CheckpointError(

@@ -83,7 +83,9 @@ def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> list[int]:
     if len(rows) != logits.shape[0]:
         raise ValueError(f"{logits.shape[0]} logit rows for {len(rows)} sampling rows")
     simple_greedy = [
-        i for i, r in enumerate(rows) if r.params.greedy and (r.params.effective_repetition_penalty == 1.0 or not r.history)
+        i
+        for i, r in enumerate(rows)
+        if r.params.greedy and (r.params.effective_repetition_penalty == 1.0 or not r.history)
     ]
     tokens: list[int | None] = [None] * len(rows)
     if simple_greedy:

@@ -32,9 +32,13 @@ class SamplingParams:
     def validate(self) -> None:
         """Raise InvalidArgument naming the field and the accepted range."""
         if self.max_new_tokens < 0:
-            raise InvalidArgument(f"sampling.max_new_tokens must be >= 0 (0 = server default), got {self.max_new_tokens}")
+            raise InvalidArgument(
+                f"sampling.max_new_tokens must be >= 0 (0 = server default), got {self.max_new_tokens}"
+            )
         if not math.isfinite(self.temperature) or self.temperature < 0:
-            raise InvalidArgument(f"sampling.temperature must be a finite number >= 0 (0 = greedy), got {self.temperature}")
+            raise InvalidArgument(
+                f"sampling.temperature must be a finite number >= 0 (0 = greedy), got {self.temperature}"
+            )
         if not math.isfinite(self.top_p) or not 0.0 <= self.top_p <= 1.0:
             raise InvalidArgument(f"sampling.top_p must lie in [0, 1] (0 = off), got {self.top_p}")
         if self.top_k < 0:
@@ -50,7 +54,9 @@ class SamplingParams:
         for i, s in enumerate(self.stop):
             n = len(s.encode("utf-8"))
             if not 1 <= n <= MAX_STOP_BYTES:
-                raise InvalidArgument(f"sampling.stop[{i}] is {n} UTF-8 bytes; each stop string must be 1 to {MAX_STOP_BYTES}")
+                raise InvalidArgument(
+                    f"sampling.stop[{i}] is {n} UTF-8 bytes; each stop string must be 1 to {MAX_STOP_BYTES}"
+                )
 
     @property
     def greedy(self) -> bool:

@@ -6,9 +6,9 @@ import time
 
 from internvl_serve.common.errors import InvalidArgument
 from internvl_serve.decoder.config import DecoderConfig
+from internvl_serve.decoder.engine.loaded_model import LoadedModel
 from internvl_serve.decoder.engine.prompt import Prompt
 from internvl_serve.decoder.engine.request import GenerationRequest
-from internvl_serve.decoder.engine.loaded_model import LoadedModel
 from internvl_serve.decoder.engine.sampler import make_generator
 from internvl_serve.decoder.engine.sequence import Sequence
 

@@ -30,32 +30,53 @@ class DecoderMetrics:
     def __init__(self, meter: Meter, engine: Callable[[], Any]):
         self._engine = engine
         self.ttft = meter.create_histogram(
-            "gen_ai.server.time_to_first_token", unit="s", explicit_bucket_boundaries_advisory=_LATENCY_BUCKETS,
-            description="From receiving a request to its first output token (media encoding included)")  # fmt: skip
+            "gen_ai.server.time_to_first_token",
+            unit="s",
+            explicit_bucket_boundaries_advisory=_LATENCY_BUCKETS,
+            description="From receiving a request to its first output token (media encoding included)",
+        )
         self.tpot = meter.create_histogram(
-            "gen_ai.server.time_per_output_token", unit="s", explicit_bucket_boundaries_advisory=_TOKEN_BUCKETS,
-            description="Mean time per output token after the first, per request")  # fmt: skip
+            "gen_ai.server.time_per_output_token",
+            unit="s",
+            explicit_bucket_boundaries_advisory=_TOKEN_BUCKETS,
+            description="Mean time per output token after the first, per request",
+        )
         self.duration = meter.create_histogram(
-            "gen_ai.server.request.duration", unit="s", explicit_bucket_boundaries_advisory=_LATENCY_BUCKETS,
-            description="Time from receiving a request to its last output token or its failure")  # fmt: skip
+            "gen_ai.server.request.duration",
+            unit="s",
+            explicit_bucket_boundaries_advisory=_LATENCY_BUCKETS,
+            description="Time from receiving a request to its last output token or its failure",
+        )
         self.queue_time = meter.create_histogram(
-            "internvl.decoder.queue_time", unit="s", explicit_bucket_boundaries_advisory=_LATENCY_BUCKETS,
-            description="Time a request waited in the scheduler's queue before its first step")  # fmt: skip
+            "internvl.decoder.queue_time",
+            unit="s",
+            explicit_bucket_boundaries_advisory=_LATENCY_BUCKETS,
+            description="Time a request waited in the scheduler's queue before its first step",
+        )
         self.tokens = meter.create_counter(
-            "internvl.decoder.tokens", unit="{token}", description="Prompt (input) and generated (output) tokens")
+            "internvl.decoder.tokens", unit="{token}", description="Prompt (input) and generated (output) tokens"
+        )
         for name, unit, description, read in (
             ("queue.depth", "{request}", "Requests waiting to be scheduled", lambda s: s.num_waiting),
             ("running_sequences", "{sequence}", "Sequences in the running batch", lambda s: s.num_running),
             ("kv_blocks.used", "{block}", "KV-cache blocks in use", lambda s: s.num_total_blocks - s.num_free_blocks),
             ("kv_blocks.total", "{block}", "KV-cache blocks in the pool", lambda s: s.num_total_blocks),
         ):
-            meter.create_observable_gauge(f"internvl.decoder.{name}", [self._observe(read)], unit=unit,
-                                          description=description)  # fmt: skip
+            meter.create_observable_gauge(
+                f"internvl.decoder.{name}", [self._observe(read)], unit=unit, description=description
+            )
         meter.create_observable_counter(
-            "internvl.decoder.preemptions", [self._observe(lambda s: s.num_preemptions)], unit="{preemption}",
-            description="Sequences preempted (recomputed later)")  # fmt: skip
-        meter.create_observable_counter("internvl.decoder.steps", [self._observe(lambda s: s.num_steps)],
-                                        unit="{step}", description="Engine steps run")  # fmt: skip
+            "internvl.decoder.preemptions",
+            [self._observe(lambda s: s.num_preemptions)],
+            unit="{preemption}",
+            description="Sequences preempted (recomputed later)",
+        )
+        meter.create_observable_counter(
+            "internvl.decoder.steps",
+            [self._observe(lambda s: s.num_steps)],
+            unit="{step}",
+            description="Engine steps run",
+        )
 
     def _observe(self, read: Callable[[Any], int]):
         def callback(options: CallbackOptions):
@@ -68,8 +89,9 @@ class DecoderMetrics:
 class ChatTrace:
     """One request's span and measurements: start() before any work, delta() per delta, then end()."""
 
-    def __init__(self, tracer: trace.Tracer, metrics: DecoderMetrics | None, model: str, *, stream: bool,
-                 capture_content: bool):  # fmt: skip
+    def __init__(
+        self, tracer: trace.Tracer, metrics: DecoderMetrics | None, model: str, *, stream: bool, capture_content: bool
+    ):
         self.tracer = tracer
         self.metrics = metrics
         self.model = model
@@ -84,12 +106,23 @@ class ChatTrace:
 
     def start(self):
         """The span, as a context manager that makes it current (so the encoder calls are its children)."""
-        attrs = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": PROVIDER, "gen_ai.request.model": self.model,
-                 "gen_ai.request.stream": self.stream}  # fmt: skip
+        attrs = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.provider.name": PROVIDER,
+            "gen_ai.request.model": self.model,
+            "gen_ai.request.stream": self.stream,
+        }
         return self.tracer.start_as_current_span(f"chat {self.model}", kind=SpanKind.INTERNAL, attributes=attrs)
 
-    def request(self, span: trace.Span, request_id: str, sampling: SamplingParams, default_max_tokens: int,
-                chat: list[dict], num_media: int) -> None:  # fmt: skip
+    def request(
+        self,
+        span: trace.Span,
+        request_id: str,
+        sampling: SamplingParams,
+        default_max_tokens: int,
+        chat: list[dict],
+        num_media: int,
+    ) -> None:
         self.span = span
         attrs: dict[str, Any] = {
             "gen_ai.response.id": request_id,
@@ -170,6 +203,8 @@ def _message(message: dict) -> dict:
     if isinstance(content, str):
         parts = [{"type": "text", "content": content}]
     else:
-        parts = [{"type": "text", "content": p.get("text", "")} if p.get("type") == "text" else {"type": p.get("type")}
-                 for p in content or []]  # fmt: skip
+        parts = [
+            {"type": "text", "content": p.get("text", "")} if p.get("type") == "text" else {"type": p.get("type")}
+            for p in content or []
+        ]
     return {"role": message.get("role"), "parts": parts}

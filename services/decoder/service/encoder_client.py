@@ -17,9 +17,6 @@ import numpy as np
 import torch
 from opentelemetry import trace
 
-from internvl_serve.pb.internvl.v1 import media_pb2
-from internvl_serve.pb.internvl.v1 import vision_encoder_service_pb2 as pb
-from internvl_serve.pb.internvl.v1 import vision_encoder_service_pb2_grpc as pb_grpc
 from internvl_serve.common.errors import (
     DeadlineExceeded,
     InvalidArgument,
@@ -30,6 +27,9 @@ from internvl_serve.common.errors import (
 )
 from internvl_serve.common.logs import log_event
 from internvl_serve.common.outbound_span import outbound_span
+from internvl_serve.pb.internvl.v1 import media_pb2
+from internvl_serve.pb.internvl.v1 import vision_encoder_service_pb2 as pb
+from internvl_serve.pb.internvl.v1 import vision_encoder_service_pb2_grpc as pb_grpc
 
 log = logging.getLogger("internvl_serve.decoder.encoder_client")
 ENCODE = "internvl.v1.VisionEncoderService/Encode"
@@ -81,8 +81,15 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, int | str]]:
 
 
 class EncoderClient:
-    def __init__(self, addresses: list[str], *, attempts: int = 3, backoff_s: float = 0.1,
-                 max_message_bytes: int = 1024 << 20, tracer=None):  # fmt: skip
+    def __init__(
+        self,
+        addresses: list[str],
+        *,
+        attempts: int = 3,
+        backoff_s: float = 0.1,
+        max_message_bytes: int = 1024 << 20,
+        tracer=None,
+    ):
         """`tracer`: for the CLIENT spans (default: the global tracer provider's)."""
         if not addresses:
             raise ValueError("at least one encoder address (HOST:PORT) is needed")
@@ -108,8 +115,12 @@ class EncoderClient:
             timeout = None if deadline is None else deadline - time.monotonic()
             if timeout is not None and timeout <= 0:
                 raise DeadlineExceeded("the deadline passed while waiting for the vision encoder")
-            span = outbound_span(self._tracer, ENCODE, self.addresses[index],
-                               {"internvl.media.count": len(media), "internvl.rpc.attempt": attempt + 1})  # fmt: skip
+            span = outbound_span(
+                self._tracer,
+                ENCODE,
+                self.addresses[index],
+                {"internvl.media.count": len(media), "internvl.rpc.attempt": attempt + 1},
+            )
             try:
                 reply = await self._stubs[index].Encode(request, timeout=timeout, metadata=span.metadata)
             except grpc.aio.AioRpcError as exc:
@@ -118,8 +129,14 @@ class EncoderClient:
                 if error is not None:
                     raise error from None
                 last = exc
-                log_event(log, "encoder_unavailable", logging.WARNING, address=self.addresses[index],
-                          attempt=attempt + 1, code=exc.code().name)  # fmt: skip
+                log_event(
+                    log,
+                    "encoder_unavailable",
+                    logging.WARNING,
+                    address=self.addresses[index],
+                    attempt=attempt + 1,
+                    code=exc.code().name,
+                )
                 await asyncio.sleep(self.backoff_s * (2**attempt))
                 continue
             except BaseException:  # cancelled by the caller

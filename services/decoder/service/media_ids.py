@@ -8,10 +8,11 @@ as before, which answers from the same cache or with NOT_FOUND.
 
 from __future__ import annotations
 
-from internvl_serve.pb.internvl.v1 import media_pb2
-from internvl_serve.decoder.service.encoder_client import EncodedResult
 from internvl_serve.common.embedding_blob import MEDIA_VIDEO
 from internvl_serve.common.embedding_cache import CacheSettings, EmbeddingCache
+from internvl_serve.decoder.service.encoder_client import EncodedResult
+from internvl_serve.pb.internvl.v1 import media_pb2
+
 
 class MediaIdLookup:
     def __init__(self, settings: CacheSettings):
@@ -30,10 +31,14 @@ class MediaIdLookup:
             blob = await self.cache.get(key)
             if blob is not None:
                 results[i] = EncodedResult(
-                    media_id=item.media_id, embeddings=blob.embeddings, num_tiles=blob.num_tiles,
-                    num_frames=blob.num_frames, tokens_per_tile=blob.tokens_per_tile,
-                    is_video=blob.media_type == MEDIA_VIDEO, cache_hit=True,
-                )  # fmt: skip
+                    media_id=item.media_id,
+                    embeddings=blob.embeddings,
+                    num_tiles=blob.num_tiles,
+                    num_frames=blob.num_frames,
+                    tokens_per_tile=blob.tokens_per_tile,
+                    is_video=blob.media_type == MEDIA_VIDEO,
+                    cache_hit=True,
+                )
         return results
 
     async def close(self) -> None:

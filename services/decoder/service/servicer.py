@@ -11,32 +11,48 @@ from collections.abc import AsyncIterator
 
 from opentelemetry import trace
 
-from internvl_serve.pb.internvl.v1 import generation_service_pb2 as pb
-from internvl_serve.pb.internvl.v1 import generation_service_pb2_grpc as pb_grpc
-from internvl_serve.decoder.service.encoder_client import EncoderClient
 from internvl_serve.common.errors import Unavailable
-from internvl_serve.decoder.service.chat_telemetry import ChatTrace, DecoderMetrics
 from internvl_serve.decoder.engine.engine_loop import Engine
 from internvl_serve.decoder.engine.media import MediaEmbedding
-from internvl_serve.decoder.service.media_ids import MediaIdLookup
-from internvl_serve.decoder.service.proto_convert import chat_from_proto, check_request_id, fix_media_types, sampling_from_proto
 from internvl_serve.decoder.engine.request import FinishReason, GenerationDelta, GenerationRequest, Usage
+from internvl_serve.decoder.service.chat_telemetry import ChatTrace, DecoderMetrics
+from internvl_serve.decoder.service.encoder_client import EncoderClient
+from internvl_serve.decoder.service.media_ids import MediaIdLookup
+from internvl_serve.decoder.service.proto_convert import (
+    chat_from_proto,
+    check_request_id,
+    fix_media_types,
+    sampling_from_proto,
+)
+from internvl_serve.pb.internvl.v1 import generation_service_pb2 as pb
+from internvl_serve.pb.internvl.v1 import generation_service_pb2_grpc as pb_grpc
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GenerationService"].full_name
 _FINISH = {FinishReason.STOP: pb.FINISH_REASON_STOP, FinishReason.LENGTH: pb.FINISH_REASON_LENGTH}
 
 
 def _usage(u: Usage) -> pb.Usage:
-    return pb.Usage(input_tokens=u.input_tokens, output_tokens=u.output_tokens, image_tokens=u.image_tokens,
-                    media_cache_hits=u.media_cache_hits)  # fmt: skip
+    return pb.Usage(
+        input_tokens=u.input_tokens,
+        output_tokens=u.output_tokens,
+        image_tokens=u.image_tokens,
+        media_cache_hits=u.media_cache_hits,
+    )
 
 
 class GenerationServicer(pb_grpc.GenerationServiceServicer):
     """Registered before the server starts; `engine` is set once the model is loaded and warm."""
 
-    def __init__(self, encoders: EncoderClient | None, draining: asyncio.Event, *, tracer: trace.Tracer | None = None,
-                 metrics: DecoderMetrics | None = None, capture_content: bool = False,
-                 media_ids: MediaIdLookup | None = None):  # fmt: skip
+    def __init__(
+        self,
+        encoders: EncoderClient | None,
+        draining: asyncio.Event,
+        *,
+        tracer: trace.Tracer | None = None,
+        metrics: DecoderMetrics | None = None,
+        capture_content: bool = False,
+        media_ids: MediaIdLookup | None = None,
+    ):
         self.engine: Engine | None = None
         self.model_name = ""
         self.encoders = encoders
@@ -47,8 +63,9 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         self.capture_content = capture_content  # prompt/completion text on spans (opt-in)
 
     def _trace(self, stream: bool) -> ChatTrace:
-        return ChatTrace(self.tracer, self.metrics, self.model_name, stream=stream,
-                         capture_content=self.capture_content)  # fmt: skip
+        return ChatTrace(
+            self.tracer, self.metrics, self.model_name, stream=stream, capture_content=self.capture_content
+        )
 
     async def Generate(self, request: pb.GenerateRequest, context) -> pb.GenerateResponse:
         chat_trace = self._trace(stream=False)
@@ -66,10 +83,18 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
                 chat_trace.end(exc)
                 raise
             chat_trace.end()
-        return pb.GenerateResponse(text="".join(text), token_ids=ids, finish_reason=_FINISH[last.finish_reason],
-                                   usage=_usage(last.usage), request_id=request_id, model=self.model_name)  # fmt: skip
+        return pb.GenerateResponse(
+            text="".join(text),
+            token_ids=ids,
+            finish_reason=_FINISH[last.finish_reason],
+            usage=_usage(last.usage),
+            request_id=request_id,
+            model=self.model_name,
+        )
 
-    async def GenerateStream(self, request: pb.GenerateStreamRequest, context) -> AsyncIterator[pb.GenerateStreamResponse]:
+    async def GenerateStream(
+        self, request: pb.GenerateStreamRequest, context
+    ) -> AsyncIterator[pb.GenerateStreamResponse]:
         chat_trace = self._trace(stream=True)
         with chat_trace.start() as span:
             try:
@@ -77,8 +102,9 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
                 async with contextlib.aclosing(deltas):
                     async for delta in deltas:
                         chat_trace.delta(delta)
-                        msg = pb.GenerateStreamResponse(text=delta.text, token_ids=delta.token_ids,
-                                                        request_id=request_id, model=self.model_name)  # fmt: skip
+                        msg = pb.GenerateStreamResponse(
+                            text=delta.text, token_ids=delta.token_ids, request_id=request_id, model=self.model_name
+                        )
                         if delta.finished:
                             msg.finish_reason = _FINISH[delta.finish_reason]
                             msg.usage.CopyFrom(_usage(delta.usage))
@@ -122,8 +148,16 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         out = []
         for r in results:
             if r.is_video:
-                out.append(MediaEmbedding(r.embeddings, "video", r.num_tiles, r.tokens_per_tile,
-                                          num_frames=r.num_frames, cache_hit=r.cache_hit))  # fmt: skip
+                out.append(
+                    MediaEmbedding(
+                        r.embeddings,
+                        "video",
+                        r.num_tiles,
+                        r.tokens_per_tile,
+                        num_frames=r.num_frames,
+                        cache_hit=r.cache_hit,
+                    )
+                )
             else:
                 out.append(MediaEmbedding(r.embeddings, "image", r.num_tiles, r.tokens_per_tile, cache_hit=r.cache_hit))
         return out

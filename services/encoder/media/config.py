@@ -115,9 +115,14 @@ class MediaLimits:
     decode_timeout_s: float = setting(60.0, "a slower video decode is killed", flag="--video-decode-timeout-s")
 
     def problems(self) -> list[str]:
-        named = {"--max-image-mb": self.max_image_bytes, "--max-video-mb": self.max_video_bytes,
-                 "--max-image-pixels": self.max_image_pixels, "--max-image-side": self.max_image_side,
-                 "--max-num-frames": self.max_num_frames, "--video-decode-timeout-s": self.decode_timeout_s}
+        named = {
+            "--max-image-mb": self.max_image_bytes,
+            "--max-video-mb": self.max_video_bytes,
+            "--max-image-pixels": self.max_image_pixels,
+            "--max-image-side": self.max_image_side,
+            "--max-num-frames": self.max_num_frames,
+            "--video-decode-timeout-s": self.decode_timeout_s,
+        }
         return [f"{flag} must be > 0, got {value}" for flag, value in named.items() if value <= 0]
 
     def video_worker_limits(self) -> dict[str, Any]:

@@ -73,7 +73,9 @@ def _grids(min_tiles: int, max_tiles: int) -> tuple[tuple[int, int], ...]:
     return tuple(sorted(grids, key=lambda g: g[0] * g[1]))
 
 
-def tile_grid(height: int, width: int, tile_height: int, tile_width: int, min_tiles: int, max_tiles: int) -> tuple[int, int]:
+def tile_grid(
+    height: int, width: int, tile_height: int, tile_width: int, min_tiles: int, max_tiles: int
+) -> tuple[int, int]:
     """(columns, rows) whose aspect ratio is closest to the image's; on a tie, more tiles win while the
     grid's area stays under twice the image's (GotOcr2's get_optimal_tiled_canvas)."""
     aspect_ratio = width / height

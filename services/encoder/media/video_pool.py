@@ -182,7 +182,9 @@ class VideoWorkerPool:
                 f"video could not be decoded within {timeout_s:g} s; the file is corrupt, unsupported or too "
                 "long to decode: send a shorter clip"
             )
-        return InvalidMedia(f"video could not be decoded: the decoder crashed ({how}); the file is corrupt or unsupported")
+        return InvalidMedia(
+            f"video could not be decoded: the decoder crashed ({how}); the file is corrupt or unsupported"
+        )
 
     def _borrow(self) -> _Worker:
         while True:
@@ -233,7 +235,9 @@ def _exchange(
             raise InvalidMedia(str(header.get("message", "video could not be decoded")))
         if stage == "count":
             info = header
-            wire.send(worker.to_fd, {"op": "sample", "indices": choose_indices(int(header["total"]))}, deadline=deadline)
+            wire.send(
+                worker.to_fd, {"op": "sample", "indices": choose_indices(int(header["total"]))}, deadline=deadline
+            )
         elif stage == "frames" and info:
             return RawVideo(
                 frames=_split_frames(payload, header["shapes"]),

@@ -96,16 +96,12 @@ def probe(av, data: bytes, limits: dict[str, Any]) -> dict[str, Any]:
                 if packet.size:
                     total += 1
                     if total > limits["max_video_frames"]:
-                        raise Rejected(
-                            f"video has more than {limits['max_video_frames']} frames; send a shorter clip"
-                        )
+                        raise Rejected(f"video has more than {limits['max_video_frames']} frames; send a shorter clip")
         except av.error.FFmpegError as exc:
             raise Rejected(f"video is corrupt ({_reason(exc)}); send a complete, valid file") from None
         if stream.frames and total < stream.frames:
             # The header (MP4 sample table, AVI index) promised more than the file holds.
-            raise Rejected(
-                f"video is truncated: the header lists {stream.frames} frames but only {total} are present"
-            )
+            raise Rejected(f"video is truncated: the header lists {stream.frames} frames but only {total} are present")
         fps = float(stream.average_rate) if stream.average_rate else 0.0
         if fps and total:
             _check_duration(total / fps, limits)

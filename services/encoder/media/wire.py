@@ -68,7 +68,13 @@ def _read_exact(fd: int, size: int, deadline: float | None) -> bytearray:
     return buf
 
 
-def send(fd: int, header: dict[str, Any], payload: Sequence[bytes | bytearray | memoryview] = (), *, deadline: float | None = None) -> None:
+def send(
+    fd: int,
+    header: dict[str, Any],
+    payload: Sequence[bytes | bytearray | memoryview] = (),
+    *,
+    deadline: float | None = None,
+) -> None:
     """Write one message; `payload` parts are sent back to back without being joined."""
     head = json.dumps(header).encode()
     parts = [memoryview(p).cast("B") for p in payload]

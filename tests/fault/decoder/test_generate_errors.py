@@ -23,8 +23,9 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 @pytest.fixture(scope="module")
 def servers(tiny_model_dir):
     encoder = start_encoder(encoder_config(tiny_model_dir, None))
-    decoder = start_decoder(decoder_config(tiny_model_dir, [encoder.address], max_media_per_request=2,
-                                           max_context_len=512))  # fmt: skip
+    decoder = start_decoder(
+        decoder_config(tiny_model_dir, [encoder.address], max_media_per_request=2, max_context_len=512)
+    )
     channel, stub = generation_stub(decoder.address)
     yield decoder, stub
     channel.close()
@@ -49,16 +50,57 @@ CASES = [
     ("unknown role", pb.GenerateRequest(messages=[_msg("robot", _text("hi"))]), INVALID, "role"),
     ("empty content", pb.GenerateRequest(messages=[_msg("user")]), INVALID, "content"),
     ("empty part", pb.GenerateRequest(messages=[_msg("user", pb.Part())]), INVALID, "content[0] is empty"),
-    ("empty media", pb.GenerateRequest(messages=[_msg("user", pb.Part(media=media_pb2.Media()))]), INVALID, "none of image"),
-    ("too many media", pb.GenerateRequest(messages=[_msg("user", _img(), _img(), _img(), _text("x"))]), INVALID, "at most 2"),
-    ("media token in text", pb.GenerateRequest(messages=[_msg("user", _text("look <IMG_CONTEXT>"))]), INVALID, "<IMG_CONTEXT>"),
-    ("bad image bytes", pb.GenerateRequest(messages=[_msg("user", pb.Part(media=media_pb2.Media(image=media_pb2.Image(data=b"nope"))))]), INVALID, "media[0]"),
-    ("prompt longer than the context", pb.GenerateRequest(messages=[_msg("user", _text("word " * 2000))]), INVALID, "context"),
-    ("max_new_tokens past the context", pb.GenerateRequest(messages=[_msg("user", _text("hi"))],
-                                                           sampling=pb.SamplingParams(max_new_tokens=100_000)), INVALID, "context"),
-    ("bad temperature", pb.GenerateRequest(messages=[_msg("user", _text("hi"))], sampling=pb.SamplingParams(temperature=-1)), INVALID, "temperature"),
-    ("bad request id", pb.GenerateRequest(messages=[_msg("user", _text("hi"))], request_id="has space"), INVALID, "request_id"),
-]  # fmt: skip
+    (
+        "empty media",
+        pb.GenerateRequest(messages=[_msg("user", pb.Part(media=media_pb2.Media()))]),
+        INVALID,
+        "none of image",
+    ),
+    (
+        "too many media",
+        pb.GenerateRequest(messages=[_msg("user", _img(), _img(), _img(), _text("x"))]),
+        INVALID,
+        "at most 2",
+    ),
+    (
+        "media token in text",
+        pb.GenerateRequest(messages=[_msg("user", _text("look <IMG_CONTEXT>"))]),
+        INVALID,
+        "<IMG_CONTEXT>",
+    ),
+    (
+        "bad image bytes",
+        pb.GenerateRequest(
+            messages=[_msg("user", pb.Part(media=media_pb2.Media(image=media_pb2.Image(data=b"nope"))))]
+        ),
+        INVALID,
+        "media[0]",
+    ),
+    (
+        "prompt longer than the context",
+        pb.GenerateRequest(messages=[_msg("user", _text("word " * 2000))]),
+        INVALID,
+        "context",
+    ),
+    (
+        "max_new_tokens past the context",
+        pb.GenerateRequest(messages=[_msg("user", _text("hi"))], sampling=pb.SamplingParams(max_new_tokens=100_000)),
+        INVALID,
+        "context",
+    ),
+    (
+        "bad temperature",
+        pb.GenerateRequest(messages=[_msg("user", _text("hi"))], sampling=pb.SamplingParams(temperature=-1)),
+        INVALID,
+        "temperature",
+    ),
+    (
+        "bad request id",
+        pb.GenerateRequest(messages=[_msg("user", _text("hi"))], request_id="has space"),
+        INVALID,
+        "request_id",
+    ),
+]
 
 
 @pytest.mark.parametrize("name, request_, code, words", CASES, ids=[c[0] for c in CASES])
@@ -70,7 +112,9 @@ def test_bad_input(servers, name, request_, code, words):
     assert words in err.value.details() and "Traceback" not in err.value.details()
     engine = decoder.server.engine
     assert engine.num_free_blocks == engine.num_total_blocks
-    ok = stub.Generate(pb.GenerateRequest(messages=[_msg("user", _text("hi"))], sampling=pb.SamplingParams(max_new_tokens=2)))
+    ok = stub.Generate(
+        pb.GenerateRequest(messages=[_msg("user", _text("hi"))], sampling=pb.SamplingParams(max_new_tokens=2))
+    )
     assert ok.usage.output_tokens >= 1, "server still up"
 
 
@@ -109,8 +153,9 @@ def test_unreachable_encoder_is_unavailable(tiny_model_dir):
         with pytest.raises(grpc.RpcError) as err:
             stub.Generate(pb.GenerateRequest(messages=[_msg("user", _img(), _text("x"))]))
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "encoder" in err.value.details()
-        text_only = stub.Generate(pb.GenerateRequest(messages=[_msg("user", _text("hi"))],
-                                                     sampling=pb.SamplingParams(max_new_tokens=2)))  # fmt: skip
+        text_only = stub.Generate(
+            pb.GenerateRequest(messages=[_msg("user", _text("hi"))], sampling=pb.SamplingParams(max_new_tokens=2))
+        )
         assert text_only.usage.output_tokens >= 1, "text still works without an encoder"
     finally:
         channel.close()

@@ -14,9 +14,7 @@ from internvl_testing.media import image_bytes, noise_image
 
 @pytest.fixture(scope="module")
 def stub(tiny_model_dir):
-    thread = start_encoder(
-        encoder_config(tiny_model_dir, None, max_media_per_request=3, max_receive_bytes=2 << 20)
-    )
+    thread = start_encoder(encoder_config(tiny_model_dir, None, max_media_per_request=3, max_receive_bytes=2 << 20))
     channel, stub = encoder_stub(thread.address)
     yield stub
     channel.close()

@@ -38,13 +38,16 @@ def test_media_ids_come_back_and_resolve_again(client, media_dir):
 def test_every_kind_of_value_in_one_call_in_order(client, media_dir):
     rgba = alpha_image(40, 30, 9)
     frames = np.stack([np.asarray(noise_image(32, 32, s)) for s in range(5)])
-    results = client.encode([
-        media_dir / "bridge.jpg",
-        rgba,
-        np.asarray(noise_image(20, 20, 4)),
-        {"type": "video", "video": frames, "num_frames": 3},
-        str(media_dir / "tennis.mp4"),
-    ], num_frames=4)  # fmt: skip
+    results = client.encode(
+        [
+            media_dir / "bridge.jpg",
+            rgba,
+            np.asarray(noise_image(20, 20, 4)),
+            {"type": "video", "video": frames, "num_frames": 3},
+            str(media_dir / "tennis.mp4"),
+        ],
+        num_frames=4,
+    )
     assert [r.media_type for r in results] == ["image", "image", "image", "video", "video"]
     assert [r.num_frames for r in results[3:]] == [3, 4], "a part's num_frames wins over the call's"
     assert results[3].num_tokens == 3 * TOKENS_PER_TILE
@@ -63,7 +66,9 @@ def test_embeddings_on_request(client, media_dir):
 def test_async_client_gets_the_same_ids(encoder, client, media_dir):
     async def go():
         async with AsyncInternVLClient(encoder.address) as aclient:
-            return await asyncio.gather(aclient.encode(media_dir / "view.jpg"), aclient.encode(media_dir / "liberty.jpg"))
+            return await asyncio.gather(
+                aclient.encode(media_dir / "view.jpg"), aclient.encode(media_dir / "liberty.jpg")
+            )
 
     (view,), (liberty,) = asyncio.run(go())
     assert view.media_id == client.encode(media_dir / "view.jpg")[0].media_id

@@ -39,12 +39,18 @@ def card_chats(media_dir):
     """The model card's chats, with local files for its urls."""
     return {
         "text": _chat(_text("Write a haiku")),
-        "image": _chat({"type": "image", "url": str(media_dir / "view.jpg")}, _text("Please describe the image explicitly.")),
-        "images": _chat({"type": "image", "path": str(media_dir / "liberty.jpg")},
-                        {"type": "image", "image": str(media_dir / "bridge.jpg")},
-                        _text("These images depict two different landmarks. Can you identify them?")),
-        "video": _chat({"type": "video", "path": str(media_dir / "tennis.mp4")}, _text("What type of shot is the man performing?")),
-    }  # fmt: skip
+        "image": _chat(
+            {"type": "image", "url": str(media_dir / "view.jpg")}, _text("Please describe the image explicitly.")
+        ),
+        "images": _chat(
+            {"type": "image", "path": str(media_dir / "liberty.jpg")},
+            {"type": "image", "image": str(media_dir / "bridge.jpg")},
+            _text("These images depict two different landmarks. Can you identify them?"),
+        ),
+        "video": _chat(
+            {"type": "video", "path": str(media_dir / "tennis.mp4")}, _text("What type of shot is the man performing?")
+        ),
+    }
 
 
 def _assert_matches_oracle(result, chat, oracle, n=N):
@@ -105,8 +111,12 @@ def test_media_ids_from_encode_stand_in_for_the_bytes(client, card_chats, media_
     chat = _chat({"type": "image", "media_id": encoded.media_id}, _text("Please describe the image explicitly."))
     by_id = client.generate(chat, max_new_tokens=N)
     assert by_id.token_ids == by_bytes.token_ids and by_id.usage.media_cache_hits >= 1
-    assert client.generate(_chat({"type": "image", "media_id": encoded}, card_chats["image"][0]["content"][1]),
-                           max_new_tokens=N).token_ids == by_bytes.token_ids  # fmt: skip
+    assert (
+        client.generate(
+            _chat({"type": "image", "media_id": encoded}, card_chats["image"][0]["content"][1]), max_new_tokens=N
+        ).token_ids
+        == by_bytes.token_ids
+    )
 
 
 def test_pixels_given_as_pil_and_numpy_frames_match_the_oracle(client, oracle):
@@ -141,11 +151,17 @@ def test_cli_generate_plain_json_and_stream(client, decoder_address, media_dir, 
     assert capsys.readouterr().out == expected.text + "\n"
     assert main([*base, "--json", prompt]) == EXIT_OK
     row = json.loads(capsys.readouterr().out)
-    assert (row["text"], row["token_ids"], row["finish_reason"]) == (expected.text, expected.token_ids, expected.finish_reason)
+    assert (row["text"], row["token_ids"], row["finish_reason"]) == (
+        expected.text,
+        expected.token_ids,
+        expected.finish_reason,
+    )
     assert row["usage"]["output_tokens"] == len(expected.token_ids)
     assert main([*base, "--stream", prompt]) == EXIT_OK
     assert capsys.readouterr().out == expected.text + "\n"
     assert main([*base, "--stream", "--json", prompt]) == EXIT_OK
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert "".join(d["text"] for d in lines) == expected.text
-    assert lines[-1]["finish_reason"] == expected.finish_reason and lines[-1]["usage"]["output_tokens"] == len(expected.token_ids)
+    assert lines[-1]["finish_reason"] == expected.finish_reason and lines[-1]["usage"]["output_tokens"] == len(
+        expected.token_ids
+    )

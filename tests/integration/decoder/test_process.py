@@ -19,9 +19,10 @@ def test_decoder_process_serves_and_drains_on_sigterm(tiny_model_dir, media_dir,
 
     encoder = ServiceProcess("encoder", ["--model", str(tiny_model_dir)], log_path=tmp_path / "encoder.log")
     decoder = ServiceProcess(
-        "decoder", ["--model", str(tiny_model_dir), "--encoder", encoder.address, "--grace-s", "20"],
+        "decoder",
+        ["--model", str(tiny_model_dir), "--encoder", encoder.address, "--grace-s", "20"],
         log_path=tmp_path / "decoder.log",
-    )  # fmt: skip
+    )
     try:
         encoder.wait_healthy()
         decoder.wait_healthy()
@@ -31,8 +32,15 @@ def test_decoder_process_serves_and_drains_on_sigterm(tiny_model_dir, media_dir,
             assert status == health_pb2.HealthCheckResponse.SERVING
             assert "internvl.v1.GenerationService" in ProtoReflectionDescriptorDatabase(channel).get_services()
             stub = pb_grpc.GenerationServiceStub(channel)
-            chat = [{"role": "user", "content": [{"type": "image", "url": str(media_dir / "view.jpg")},
-                                                 {"type": "text", "text": "Describe this image."}]}]  # fmt: skip
+            chat = [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image", "url": str(media_dir / "view.jpg")},
+                        {"type": "text", "text": "Describe this image."},
+                    ],
+                }
+            ]
             assert stub.Generate(generate_request(chat, max_new_tokens=4)).usage.output_tokens >= 1
 
             # An in-flight stream started before SIGTERM runs to its end.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+
 import pytest
 
 from internvl_testing.engine_testing import MAX_NEW
@@ -36,8 +37,9 @@ def runtime(tiny_model_dir):
     from internvl_serve.decoder.config import DecoderConfig
     from internvl_serve.decoder.engine import load_model
 
-    return load_model(DecoderConfig(model=str(tiny_model_dir), num_kv_blocks=256, max_num_seqs=8,
-                                      max_tokens_per_step=512))
+    return load_model(
+        DecoderConfig(model=str(tiny_model_dir), num_kv_blocks=256, max_num_seqs=8, max_tokens_per_step=512)
+    )
 
 
 @pytest.fixture

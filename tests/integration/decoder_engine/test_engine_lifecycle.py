@@ -100,7 +100,9 @@ def test_bad_requests_are_refused_before_any_work(run_engine, request_for):
             await engine.generate_full(GenerationRequest([{"role": "robot", "content": "hi"}]))
         with pytest.raises(InvalidArgument, match="temperature"):
             await engine.generate_full(request_for("text only", temperature=-1.0))
-        with pytest.raises(InvalidArgument, match=r"max_new_tokens 5000 plus the prompt's \d+ tokens exceeds the context length 4096"):
+        with pytest.raises(
+            InvalidArgument, match=r"max_new_tokens 5000 plus the prompt's \d+ tokens exceeds the context length 4096"
+        ):
             await engine.generate_full(request_for("text only", max_new_tokens=5000))
         wrong = MediaEmbedding.image(torch.zeros(7 * 16, 32), 7)  # encoded for a model with hidden 32
         request = request_for("one image")
@@ -159,6 +161,8 @@ def test_warmup_leaves_the_pool_full(run_engine):
 
 def test_sampling_params_default_to_greedy(run_engine, chats, media, expected):
     async def test(engine):
-        return await engine.generate_full(GenerationRequest(chats["video"], media["video"], SamplingParams(max_new_tokens=12)))
+        return await engine.generate_full(
+            GenerationRequest(chats["video"], media["video"], SamplingParams(max_new_tokens=12))
+        )
 
     assert run_engine(test).token_ids == expected["video"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from internvl_testing.engine_testing import MAX_NEW
 
 from internvl_serve.decoder.engine import FinishReason
+from internvl_testing.engine_testing import MAX_NEW
 
 NAMES = ["text only", "one image", "several images", "video"]
 

@@ -49,8 +49,9 @@ def test_stop_string_cuts_the_text_and_is_not_emitted(run_engine, request_for):
         full = await engine.generate_full(request_for("text only", max_new_tokens=20, ignore_eos=True))
         windows = [full.text[i : i + 3] for i in range(len(full.text) // 2, len(full.text) - 3)]
         stop = next(w for w in windows if "\ufffd" not in w)  # a 3-character piece from the middle
-        deltas = [d async for d in engine.generate(request_for("text only", max_new_tokens=20, ignore_eos=True,
-                                                               stop=(stop,)))]
+        deltas = [
+            d async for d in engine.generate(request_for("text only", max_new_tokens=20, ignore_eos=True, stop=(stop,)))
+        ]
         return full, stop, deltas
 
     full, stop, deltas = run_engine(test)

@@ -8,8 +8,8 @@ import time
 import pytest
 import torch
 
-from internvl_serve.decoder.service.encoder_client import EncoderClient
 from internvl_serve.common.errors import DeadlineExceeded, InvalidArgument, Unavailable
+from internvl_serve.decoder.service.encoder_client import EncoderClient
 from internvl_testing.encode_requests import embeddings, image, request
 from internvl_testing.media import image_bytes, noise_image
 from internvl_testing.redis_server import free_port

@@ -60,9 +60,11 @@ def test_encoder_process_serves_and_stops_on_sigterm(tiny_model_dir, redis_serve
             assert named == health_pb2.HealthCheckResponse.SERVING
             services = ProtoReflectionDescriptorDatabase(channel).get_services()
             assert SERVICE in services and "grpc.health.v1.Health" in services
-            item = pb_grpc.VisionEncoderServiceStub(channel).Encode(
-                request(image(image_bytes(noise_image(50, 50, 1), "PNG")))
-            ).media[0]
+            item = (
+                pb_grpc.VisionEncoderServiceStub(channel)
+                .Encode(request(image(image_bytes(noise_image(50, 50, 1), "PNG"))))
+                .media[0]
+            )
             assert item.num_tokens == 16
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)

@@ -23,7 +23,9 @@ def test_text_only(oracle):
 
 
 def test_one_image_tiles_and_context_tokens(oracle, media_dir):
-    chat = _chat({"type": "image", "image": str(media_dir / "view.jpg")}, _text("Please describe the image explicitly."))
+    chat = _chat(
+        {"type": "image", "image": str(media_dir / "view.jpg")}, _text("Please describe the image explicitly.")
+    )
     inputs = oracle.prepare(chat)
     tiles = inputs.pixel_values.shape[0]
     assert tiles > 1, "a 200x120 image on 64px tiles is split into several tiles plus a thumbnail"
@@ -41,7 +43,9 @@ def test_several_images_and_video(oracle, media_dir):
         {"type": "image", "url": str(media_dir / "bridge.jpg")},
         _text("These images depict two different landmarks. Can you identify them?"),
     )
-    video = _chat({"type": "video", "video": str(media_dir / "tennis.mp4")}, _text("What type of shot is the man performing?"))
+    video = _chat(
+        {"type": "video", "video": str(media_dir / "tennis.mp4")}, _text("What type of shot is the man performing?")
+    )
     v_inputs = oracle.prepare(video)
     assert v_inputs.pixel_values.shape[0] == 8, "8 frames sampled by default, one tile each"
     assert "Frame8: <img>" in oracle.tokenizer.decode(v_inputs.input_ids[0])

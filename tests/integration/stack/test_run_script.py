@@ -18,10 +18,25 @@ ROOT = Path(__file__).resolve().parents[3]
 def test_run_sh_demo_only_answers_the_card_chat_and_stops(tmp_path):
     env = {**os.environ, "INTERNVL_SERVE_HOME": str(tmp_path / "home")}  # builds its own tiny checkpoint
     result = subprocess.run(
-        ["bash", "scripts/run.sh", "--demo-only", "--max-new-tokens", "6",
-         "--port", "0", "--encoder-port", "0", "--redis-port", "0"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            "bash",
+            "scripts/run.sh",
+            "--demo-only",
+            "--max-new-tokens",
+            "6",
+            "--port",
+            "0",
+            "--encoder-port",
+            "0",
+            "--redis-port",
+            "0",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
     assert "preparing the tiny checkpoint" in out and "random text" in out
@@ -44,10 +59,22 @@ def test_the_demo_passes_ups_refusal_through(tmp_path):
         busy.listen()
         port = busy.getsockname()[1]
         result = subprocess.run(
-            [sys.executable, "-m", "internvl_serve.stack.demo", "--demo-only", "--no-redis", "--port", str(port),
-             "--encoder-port", "0"],
-            capture_output=True, text=True, timeout=120, env={**os.environ, "INTERNVL_SERVE_HOME": str(tmp_path)},
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "internvl_serve.stack.demo",
+                "--demo-only",
+                "--no-redis",
+                "--port",
+                str(port),
+                "--encoder-port",
+                "0",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "INTERNVL_SERVE_HOME": str(tmp_path)},
+        )
     assert result.returncode == 2, result.stdout + result.stderr
     assert f"--port {port}: port {port} on 127.0.0.1 is already in use" in result.stderr
     assert " generate --target " not in result.stdout  # no request was attempted

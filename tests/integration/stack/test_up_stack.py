@@ -23,8 +23,13 @@ pytestmark = [
 
 def _up(*args: str, env: dict | None = None) -> subprocess.Popen:
     exe = Path(sys.executable).with_name("internvl-serve")
-    return subprocess.Popen([str(exe), "up", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, **(env or {})})  # fmt: skip
+    return subprocess.Popen(
+        [str(exe), "up", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def _wait_ready(proc: subprocess.Popen, ready_file: Path, timeout_s: float = 240.0) -> dict:
@@ -73,14 +78,33 @@ def test_up_serves_an_image_chat_and_stops_everything_on_sigint(tiny_model_dir, 
     from internvl_serve.clients import InternVLClient
 
     ready_file = tmp_path / "ready.json"
-    proc = _up("--model", str(tiny_model_dir), "--port", "0", "--encoder-port", "0", "--redis-port", "0",
-               "--log-dir", str(tmp_path / "logs"), "--ready-file", str(ready_file))  # fmt: skip
+    proc = _up(
+        "--model",
+        str(tiny_model_dir),
+        "--port",
+        "0",
+        "--encoder-port",
+        "0",
+        "--redis-port",
+        "0",
+        "--log-dir",
+        str(tmp_path / "logs"),
+        "--ready-file",
+        str(ready_file),
+    )
     try:
         info = _wait_ready(proc, ready_file)
         assert Path(info["model"]) == Path(tiny_model_dir).resolve() and info["tiny_model"] is False
         assert set(info["pids"]) == {"up", "redis", "encoder", "decoder"}
-        chat = [{"role": "user", "content": [{"type": "image", "path": str(media_dir / "view.jpg")},
-                                             {"type": "text", "text": "Describe this image."}]}]  # fmt: skip
+        chat = [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image", "path": str(media_dir / "view.jpg")},
+                    {"type": "text", "text": "Describe this image."},
+                ],
+            }
+        ]
         with InternVLClient(info["decoder"], encoder_target=info["encoder"], timeout=120) as client:
             first = client.generate(chat, max_new_tokens=4)
             again = client.generate(chat, max_new_tokens=4)
@@ -111,8 +135,22 @@ def test_up_serves_an_image_chat_and_stops_everything_on_sigint(tiny_model_dir, 
 def test_up_fails_fast_with_the_log_tail_when_a_service_cannot_start(tiny_model_dir, tmp_path):
     # A device this machine lacks: the services exit while loading; up reports it and cleans up.
     device = "cuda:99"
-    proc = _up("--model", str(tiny_model_dir), "--port", "0", "--encoder-port", "0", "--redis-port", "0",
-               "--device", device, "--log-dir", str(tmp_path), "--ready-file", str(tmp_path / "ready.json"))  # fmt: skip
+    proc = _up(
+        "--model",
+        str(tiny_model_dir),
+        "--port",
+        "0",
+        "--encoder-port",
+        "0",
+        "--redis-port",
+        "0",
+        "--device",
+        device,
+        "--log-dir",
+        str(tmp_path),
+        "--ready-file",
+        str(tmp_path / "ready.json"),
+    )
     try:
         out, _ = proc.communicate(timeout=180)
     finally:
@@ -141,8 +179,18 @@ def _processes_mentioning(text: str) -> list[int]:
 
 
 def test_sigterm_while_the_models_load_stops_everything_and_exits_0(tiny_model_dir, tmp_path):
-    proc = _up("--model", str(tiny_model_dir), "--port", "0", "--encoder-port", "0", "--redis-port", "0",
-               "--log-dir", str(tmp_path))  # fmt: skip
+    proc = _up(
+        "--model",
+        str(tiny_model_dir),
+        "--port",
+        "0",
+        "--encoder-port",
+        "0",
+        "--redis-port",
+        "0",
+        "--log-dir",
+        str(tmp_path),
+    )
     try:
         seen = []
         while not any("decoder loading on" in line for line in seen):

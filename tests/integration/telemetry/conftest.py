@@ -33,11 +33,18 @@ def traced_stack(tiny_model_dir):
     }
     redis = RedisServer()
     encoder = ServerThread(lambda: EncoderServer(encoder_config(tiny_model_dir, redis.url), telemetry["encoder"]))
-    decoder = ServerThread(lambda: DecoderServer(decoder_config(tiny_model_dir, [encoder.address]), telemetry["decoder"]))
-    client = InternVLClient(decoder.address, encoder_target=encoder.address, timeout=120,
-                            tracer_provider=telemetry["client"].tracer_provider)  # fmt: skip
-    yield SimpleNamespace(spans=spans, readers=readers, telemetry=telemetry, redis=redis, encoder=encoder,
-                          decoder=decoder, client=client)  # fmt: skip
+    decoder = ServerThread(
+        lambda: DecoderServer(decoder_config(tiny_model_dir, [encoder.address]), telemetry["decoder"])
+    )
+    client = InternVLClient(
+        decoder.address,
+        encoder_target=encoder.address,
+        timeout=120,
+        tracer_provider=telemetry["client"].tracer_provider,
+    )
+    yield SimpleNamespace(
+        spans=spans, readers=readers, telemetry=telemetry, redis=redis, encoder=encoder, decoder=decoder, client=client
+    )
     client.close()
     decoder.close()
     encoder.close()

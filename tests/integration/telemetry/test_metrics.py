@@ -41,7 +41,9 @@ def test_request_cache_and_latency_metrics(traced_stack, tmp_path):
     enc_before, dec_before = _points(stack.readers["encoder"]), _points(stack.readers["decoder"])
     image = tmp_path / "metrics.png"
     noise_image(80, 80, 201).save(image)
-    chat = [{"role": "user", "content": [{"type": "image", "path": str(image)}, {"type": "text", "text": "What is it?"}]}]
+    chat = [
+        {"role": "user", "content": [{"type": "image", "path": str(image)}, {"type": "text", "text": "What is it?"}]}
+    ]
     for _ in range(2):  # a miss, then a hit
         stack.client.generate(chat, max_new_tokens=3, ignore_eos=True)
     with pytest.raises(errors.InvalidArgumentError):
@@ -76,10 +78,17 @@ def test_request_cache_and_latency_metrics(traced_stack, tmp_path):
     model = {"gen_ai.operation.name": "chat", "gen_ai.request.model": stack.decoder.server.servicer.model_name}
     assert grew(dec, dec_before, _count, "gen_ai.server.time_to_first_token", **model) == 2
     assert grew(dec, dec_before, _count, "gen_ai.server.time_per_output_token", **model) == 2
-    assert grew(dec, dec_before, _count, "gen_ai.server.request.duration", **model, **{"error.type": "InvalidArgument"}) == 1
+    assert (
+        grew(dec, dec_before, _count, "gen_ai.server.request.duration", **model, **{"error.type": "InvalidArgument"})
+        == 1
+    )
     assert grew(dec, dec_before, _sum, "internvl.decoder.tokens", **{"gen_ai.token.type": "output"}) == 6
     assert grew(dec, dec_before, _count, "internvl.decoder.queue_time") == 2
-    ttft = [p for a, p in dec["gen_ai.server.time_to_first_token"] if a["gen_ai.request.model"] == model["gen_ai.request.model"]]
+    ttft = [
+        p
+        for a, p in dec["gen_ai.server.time_to_first_token"]
+        if a["gen_ai.request.model"] == model["gen_ai.request.model"]
+    ]
     assert 0 < ttft[0].sum < 60 * ttft[0].count  # seconds, not milliseconds
     engine = stack.decoder.server.engine
     assert _sum(dec, "internvl.decoder.kv_blocks.total") == engine.num_total_blocks

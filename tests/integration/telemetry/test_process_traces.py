@@ -22,15 +22,23 @@ def _client_telemetry(receiver: OtlpReceiver):
     from internvl_serve.common.telemetry import TelemetrySettings, setup_telemetry
 
     exporter = OTLPSpanExporter(endpoint=f"127.0.0.1:{receiver.port}", insecure=True)
-    return setup_telemetry("internvl-client", span_exporters=[exporter],
-                           settings=TelemetrySettings.from_env("internvl-client", env={}))  # fmt: skip
+    return setup_telemetry(
+        "internvl-client", span_exporters=[exporter], settings=TelemetrySettings.from_env("internvl-client", env={})
+    )
 
 
 def test_three_processes_one_trace_over_otlp(tiny_model_dir, tmp_path, monkeypatch):
     from internvl_serve.clients import InternVLClient
 
-    for name in ("OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES", "OTEL_TRACES_EXPORTER", "OTEL_METRICS_EXPORTER",
-                 "OTEL_TRACES_SAMPLER", "OTEL_SDK_DISABLED", "INTERNVL_TRACE_CONTENT"):  # fmt: skip
+    for name in (
+        "OTEL_SERVICE_NAME",
+        "OTEL_RESOURCE_ATTRIBUTES",
+        "OTEL_TRACES_EXPORTER",
+        "OTEL_METRICS_EXPORTER",
+        "OTEL_TRACES_SAMPLER",
+        "OTEL_SDK_DISABLED",
+        "INTERNVL_TRACE_CONTENT",
+    ):
         monkeypatch.delenv(name, raising=False)
     receiver = OtlpReceiver()
     env = {
@@ -40,10 +48,18 @@ def test_three_processes_one_trace_over_otlp(tiny_model_dir, tmp_path, monkeypat
         "OTEL_METRIC_EXPORT_INTERVAL": "60000",  # metrics arrive with the flush on SIGTERM
     }
     redis = RedisServer()
-    encoder = ServiceProcess("encoder", ["--model", str(tiny_model_dir), "--redis-url", redis.url],
-                             env=env, log_path=tmp_path / "encoder.log")  # fmt: skip
-    decoder = ServiceProcess("decoder", ["--model", str(tiny_model_dir), "--encoder", encoder.address],
-                             env=env, log_path=tmp_path / "decoder.log")  # fmt: skip
+    encoder = ServiceProcess(
+        "encoder",
+        ["--model", str(tiny_model_dir), "--redis-url", redis.url],
+        env=env,
+        log_path=tmp_path / "encoder.log",
+    )
+    decoder = ServiceProcess(
+        "decoder",
+        ["--model", str(tiny_model_dir), "--encoder", encoder.address],
+        env=env,
+        log_path=tmp_path / "decoder.log",
+    )
     client_telemetry = _client_telemetry(receiver)
     try:
         encoder.wait_healthy()

@@ -75,7 +75,10 @@ def test_one_trace_with_parents_and_attributes(traced_stack, tmp_path):
     for span in (client, server, enc_client, enc_server):
         assert span.attributes["rpc.system.name"] == "grpc" and span.attributes["rpc.grpc.status_code"] == 0
         assert span.attributes["rpc.response.status_code"] == "OK" and span.status != "ERROR"
-    assert server.attributes["rpc.method"] == GENERATE and enc_server.attributes["rpc.service"] == "internvl.v1.VisionEncoderService"
+    assert (
+        server.attributes["rpc.method"] == GENERATE
+        and enc_server.attributes["rpc.service"] == "internvl.v1.VisionEncoderService"
+    )
 
     # GenAI conventions + ours on the chat span
     a = chat.attributes
@@ -166,8 +169,11 @@ def test_errors_set_status_by_code(traced_stack):
     stack.spans.clear()
     with pytest.raises(errors.InvalidArgumentError):
         stack.client.generate([{"role": "user", "content": SECRET}], max_new_tokens=10**9)  # past the context
-    spans = wait_for(lambda: (lambda got: got if len(got) == 2 else None)(
-        [s for s in map(from_sdk, stack.spans.get_finished_spans()) if s.name == GENERATE]))  # fmt: skip
+    spans = wait_for(
+        lambda: (lambda got: got if len(got) == 2 else None)(
+            [s for s in map(from_sdk, stack.spans.get_finished_spans()) if s.name == GENERATE]
+        )
+    )
     server, client = only(spans, kind="SERVER"), only(spans, kind="CLIENT")
     assert server.parent_id == client.span_id
     assert server.attributes["rpc.response.status_code"] == "INVALID_ARGUMENT" and server.status == "UNSET"
@@ -202,7 +208,10 @@ def test_redis_failure_is_recorded_on_its_span_and_the_request_succeeds(tiny_mod
     from internvl_testing.servers import ServerThread
 
     exporter = InMemorySpanExporter()
-    encoder_t, client_t = in_memory_telemetry("internvl-encoder", exporter), in_memory_telemetry("internvl-client", exporter)
+    encoder_t, client_t = (
+        in_memory_telemetry("internvl-encoder", exporter),
+        in_memory_telemetry("internvl-client", exporter),
+    )
     dead_redis = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     # a back-off far longer than the request: the SET after the failed GET falls inside it, whatever the speed
     config = encoder_config(tiny_model_dir, dead_redis, backoff_s=600.0)
@@ -211,8 +220,13 @@ def test_redis_failure_is_recorded_on_its_span_and_the_request_succeeds(tiny_mod
         with InternVLClient(encoder.address, tracer_provider=client_t.tracer_provider, timeout=60) as client:
             encoded = client.encode([str(_image(tmp_path, 105))])
         assert encoded[0].ttl_seconds == 0  # answered, but could not be cached
-        spans = wait_for(lambda: [from_sdk(s) for s in exporter.get_finished_spans()] if any(
-            s.name == ENCODE and s.kind.name == "CLIENT" for s in exporter.get_finished_spans()) else None)  # fmt: skip
+        spans = wait_for(
+            lambda: (
+                [from_sdk(s) for s in exporter.get_finished_spans()]
+                if any(s.name == ENCODE and s.kind.name == "CLIENT" for s in exporter.get_finished_spans())
+                else None
+            )
+        )
         get = only(spans, name="GET")
         assert get.status == "ERROR" and get.attributes["internvl.cache.result"] == "error"
         assert get.attributes["error.type"] and any(name == "exception" for name, _ in get.events)
@@ -237,8 +251,12 @@ def test_stream_left_early_ends_the_server_span_as_cancelled(traced_stack, caplo
     for _ in stream:
         break  # leave after the first delta: the call is cancelled
     stream.close()
-    spans = wait_for(lambda: (lambda got: got if len(got) == 2 else None)(
-        [s for s in map(from_sdk, stack.spans.get_finished_spans()) if s.name == GENERATE_STREAM]), 20)  # fmt: skip
+    spans = wait_for(
+        lambda: (lambda got: got if len(got) == 2 else None)(
+            [s for s in map(from_sdk, stack.spans.get_finished_spans()) if s.name == GENERATE_STREAM]
+        ),
+        20,
+    )
     server, client = only(spans, kind="SERVER"), only(spans, kind="CLIENT")
     assert client.attributes["rpc.response.status_code"] == "CANCELLED"
     assert server.attributes["rpc.response.status_code"] == "CANCELLED" and server.parent_id == client.span_id
@@ -278,7 +296,10 @@ def test_async_client_joins_the_callers_trace(traced_stack):
                 return await client.generate([{"role": "user", "content": "hi"}], max_new_tokens=2)
 
     asyncio.run(call())
-    spans = wait_for(lambda: (lambda got: got if len(got) == 3 else None)(
-        [s for s in map(from_sdk, stack.spans.get_finished_spans()) if s.name in (GENERATE, "app.handle_request")]))  # fmt: skip
+    spans = wait_for(
+        lambda: (lambda got: got if len(got) == 3 else None)(
+            [s for s in map(from_sdk, stack.spans.get_finished_spans()) if s.name in (GENERATE, "app.handle_request")]
+        )
+    )
     app, client, server = only(spans, name="app.handle_request"), only(spans, kind="CLIENT"), only(spans, kind="SERVER")
     assert client.parent_id == app.span_id and server.parent_id == client.span_id

@@ -26,12 +26,23 @@ class EchoServer:
         self.cancelled = threading.Event()
         self.lock = threading.Lock()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
-        self.server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("internvl.v1.GenerationService", {
-            "Generate": grpc.unary_unary_rpc_method_handler(
-                self.generate, pb.GenerateRequest.FromString, pb.GenerateResponse.SerializeToString),
-            "GenerateStream": grpc.unary_stream_rpc_method_handler(
-                self.stream, pb.GenerateStreamRequest.FromString, pb.GenerateStreamResponse.SerializeToString),
-        })])  # fmt: skip
+        self.server.add_generic_rpc_handlers(
+            [
+                grpc.method_handlers_generic_handler(
+                    "internvl.v1.GenerationService",
+                    {
+                        "Generate": grpc.unary_unary_rpc_method_handler(
+                            self.generate, pb.GenerateRequest.FromString, pb.GenerateResponse.SerializeToString
+                        ),
+                        "GenerateStream": grpc.unary_stream_rpc_method_handler(
+                            self.stream,
+                            pb.GenerateStreamRequest.FromString,
+                            pb.GenerateStreamResponse.SerializeToString,
+                        ),
+                    },
+                )
+            ]
+        )
         self.address = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
         self.server.start()
 
@@ -45,8 +56,13 @@ class EchoServer:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"refused {text}")
             if text.startswith("sleep:"):
                 time.sleep(float(text.split(":")[1]))
-            return pb.GenerateResponse(text=text, token_ids=[len(text)], finish_reason=pb.FINISH_REASON_LENGTH,
-                                       usage=pb.Usage(input_tokens=3, output_tokens=1), request_id=request.request_id)
+            return pb.GenerateResponse(
+                text=text,
+                token_ids=[len(text)],
+                finish_reason=pb.FINISH_REASON_LENGTH,
+                usage=pb.Usage(input_tokens=3, output_tokens=1),
+                request_id=request.request_id,
+            )
         finally:
             with self.lock:
                 self.active -= 1

@@ -23,15 +23,28 @@ class FlakyServer:
     def __init__(self, failures: int, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE):
         self.failures, self.code, self.calls = failures, code, {"Encode": 0, "GenerateStream": 0}
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-        self.server.add_generic_rpc_handlers([
-            grpc.method_handlers_generic_handler("internvl.v1.VisionEncoderService", {
-                "Encode": grpc.unary_unary_rpc_method_handler(
-                    self.encode, enc_pb.EncodeRequest.FromString, enc_pb.EncodeResponse.SerializeToString)}),
-            grpc.method_handlers_generic_handler("internvl.v1.GenerationService", {
-                "GenerateStream": grpc.unary_stream_rpc_method_handler(
-                    self.stream, gen_pb.GenerateStreamRequest.FromString,
-                    gen_pb.GenerateStreamResponse.SerializeToString)}),
-        ])  # fmt: skip
+        self.server.add_generic_rpc_handlers(
+            [
+                grpc.method_handlers_generic_handler(
+                    "internvl.v1.VisionEncoderService",
+                    {
+                        "Encode": grpc.unary_unary_rpc_method_handler(
+                            self.encode, enc_pb.EncodeRequest.FromString, enc_pb.EncodeResponse.SerializeToString
+                        )
+                    },
+                ),
+                grpc.method_handlers_generic_handler(
+                    "internvl.v1.GenerationService",
+                    {
+                        "GenerateStream": grpc.unary_stream_rpc_method_handler(
+                            self.stream,
+                            gen_pb.GenerateStreamRequest.FromString,
+                            gen_pb.GenerateStreamResponse.SerializeToString,
+                        )
+                    },
+                ),
+            ]
+        )
         self.port = self.server.add_insecure_port("127.0.0.1:0")
         self.server.start()
 
@@ -93,7 +106,10 @@ def test_max_attempts_one_disables_retries(flaky):
 def test_service_config_covers_both_services_and_only_unavailable():
     config = json.loads(ChannelSettings().service_config())
     (method,) = config["methodConfig"]
-    assert {n["service"] for n in method["name"]} == {"internvl.v1.GenerationService", "internvl.v1.VisionEncoderService"}
+    assert {n["service"] for n in method["name"]} == {
+        "internvl.v1.GenerationService",
+        "internvl.v1.VisionEncoderService",
+    }
     assert method["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
     assert 2 <= method["retryPolicy"]["maxAttempts"] <= 5
     options = dict(ChannelSettings(max_receive_bytes=123).options())

@@ -26,19 +26,69 @@ def _parse(*argv):
 
 def test_generate_arguments_build_the_chat_and_sampling(monkeypatch):
     monkeypatch.delenv("INTERNVL_TARGET", raising=False)
-    args = _parse("generate", "--target", "h:1", "--image", "a.jpg", "--image", "https://x/b.png", "--video", "v.mp4",
-                  "--system", "Be brief.", "--max-new-tokens", "8", "--temperature", "0.5", "--top-p", "0.9",
-                  "--top-k", "5", "--seed", "7", "--stop", "END", "--stop", "\n\n", "--stream", "--json",
-                  "--num-frames", "4", "--timeout", "9", "--allow-urls", "Describe.")  # fmt: skip
-    assert (args.target, args.stream, args.json, args.num_frames, args.timeout, args.allow_urls) == ("h:1", True, True, 4, 9.0, True)
+    args = _parse(
+        "generate",
+        "--target",
+        "h:1",
+        "--image",
+        "a.jpg",
+        "--image",
+        "https://x/b.png",
+        "--video",
+        "v.mp4",
+        "--system",
+        "Be brief.",
+        "--max-new-tokens",
+        "8",
+        "--temperature",
+        "0.5",
+        "--top-p",
+        "0.9",
+        "--top-k",
+        "5",
+        "--seed",
+        "7",
+        "--stop",
+        "END",
+        "--stop",
+        "\n\n",
+        "--stream",
+        "--json",
+        "--num-frames",
+        "4",
+        "--timeout",
+        "9",
+        "--allow-urls",
+        "Describe.",
+    )
+    assert (args.target, args.stream, args.json, args.num_frames, args.timeout, args.allow_urls) == (
+        "h:1",
+        True,
+        True,
+        4,
+        9.0,
+        True,
+    )
     assert conversation_from_args(args) == [
         {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": [
-            {"type": "image", "path": "a.jpg"}, {"type": "image", "url": "https://x/b.png"},
-            {"type": "video", "path": "v.mp4"}, {"type": "text", "text": "Describe."}]},
-    ]  # fmt: skip
-    assert sampling_from_args(args) == {"max_new_tokens": 8, "temperature": 0.5, "top_p": 0.9, "top_k": 5,
-                                        "seed": 7, "stop": ["END", "\n\n"]}  # fmt: skip
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "path": "a.jpg"},
+                {"type": "image", "url": "https://x/b.png"},
+                {"type": "video", "path": "v.mp4"},
+                {"type": "text", "text": "Describe."},
+            ],
+        },
+    ]
+    assert sampling_from_args(args) == {
+        "max_new_tokens": 8,
+        "temperature": 0.5,
+        "top_p": 0.9,
+        "top_k": 5,
+        "seed": 7,
+        "stop": ["END", "\n\n"],
+    }
 
 
 def test_defaults_send_only_what_was_given(monkeypatch):
@@ -59,8 +109,16 @@ def test_target_comes_from_the_environment(monkeypatch):
     assert _parse("encode", "x.jpg").target == "env-host:5"
 
 
-@pytest.mark.parametrize("argv", [[], ["generate", "hi"], ["generate", "--target", "h:1"], ["encode", "--target", "h:1"],
-                                  ["generate", "--target", "h:1", "--max-new-tokens", "many", "hi"]])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["generate", "hi"],
+        ["generate", "--target", "h:1"],
+        ["encode", "--target", "h:1"],
+        ["generate", "--target", "h:1", "--max-new-tokens", "many", "hi"],
+    ],
+)
 def test_usage_errors_exit_2(argv, monkeypatch, capsys):
     monkeypatch.delenv("INTERNVL_TARGET", raising=False)
     with pytest.raises(SystemExit) as exit_:

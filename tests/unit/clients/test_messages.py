@@ -12,9 +12,9 @@ import pytest
 from internvl_serve.clients.errors import InputError, MediaError
 from internvl_serve.clients.fetch import UrlPolicy
 from internvl_serve.clients.messages import encode_request, generate_request, is_batch, to_proto_messages
-from internvl_serve.pb.internvl.v1 import generation_service_pb2 as pb
 from internvl_serve.clients.results import EncodedMedia
 from internvl_serve.clients.sampling import sampling_params
+from internvl_serve.pb.internvl.v1 import generation_service_pb2 as pb
 
 ALLOW = UrlPolicy(allow=True)
 
@@ -22,8 +22,15 @@ ALLOW = UrlPolicy(allow=True)
 @pytest.fixture
 def card(http, media_dir):
     """name -> url of the model card's media, served locally."""
-    names = {"bee": "view.jpg", "cats": "bridge.jpg", "view": "view.jpg", "stop": "liberty.jpg",
-             "liberty": "liberty.jpg", "bridge": "bridge.jpg", "tennis": "tennis.mp4"}  # fmt: skip
+    names = {
+        "bee": "view.jpg",
+        "cats": "bridge.jpg",
+        "view": "view.jpg",
+        "stop": "liberty.jpg",
+        "liberty": "liberty.jpg",
+        "bridge": "bridge.jpg",
+        "tennis": "tennis.mp4",
+    }
     return {k: http.add(f"/{k}", (media_dir / v).read_bytes()) for k, v in names.items()}
 
 
@@ -47,8 +54,12 @@ def _shape(request: pb.GenerateRequest) -> list[tuple[str, list[str]]]:
 
 
 def test_pipeline_example_image_key_with_a_url(card, media_dir):
-    messages = [{"role": "user", "content": [{"type": "image", "image": card["bee"]},
-                                             {"type": "text", "text": "Describe this image."}]}]  # fmt: skip
+    messages = [
+        {
+            "role": "user",
+            "content": [{"type": "image", "image": card["bee"]}, {"type": "text", "text": "Describe this image."}],
+        }
+    ]
     request = _wire(messages)
     assert _shape(request) == [("user", ["image", "text:Describe this image."])]
     assert request.messages[0].content[0].media.image.data == (media_dir / "view.jpg").read_bytes()
@@ -56,8 +67,15 @@ def test_pipeline_example_image_key_with_a_url(card, media_dir):
 
 
 def test_single_image_url_key(card, media_dir):
-    messages = [{"role": "user", "content": [{"type": "image", "url": card["cats"]},
-                                             {"type": "text", "text": "Please describe the image explicitly."}]}]  # fmt: skip
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "url": card["cats"]},
+                {"type": "text", "text": "Please describe the image explicitly."},
+            ],
+        }
+    ]
     request = _wire(messages)
     assert _shape(request) == [("user", ["image", "text:Please describe the image explicitly."])]
     assert request.messages[0].content[0].media.image.data == (media_dir / "bridge.jpg").read_bytes()
@@ -70,12 +88,26 @@ def test_text_only():
 
 def test_batch_of_image_chats_and_several_images_in_one_chat(card, media_dir):
     batch = [
-        [{"role": "user", "content": [{"type": "image", "url": card["view"]},
-                                      {"type": "text", "text": "Write a haiku for this image"}]}],
-        [{"role": "user", "content": [{"type": "image", "url": card["liberty"]},
-                                      {"type": "image", "url": card["bridge"]},
-                                      {"type": "text", "text": "These images depict two different landmarks. Can you identify them?"}]}],
-    ]  # fmt: skip
+        [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image", "url": card["view"]},
+                    {"type": "text", "text": "Write a haiku for this image"},
+                ],
+            }
+        ],
+        [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image", "url": card["liberty"]},
+                    {"type": "image", "url": card["bridge"]},
+                    {"type": "text", "text": "These images depict two different landmarks. Can you identify them?"},
+                ],
+            }
+        ],
+    ]
     assert is_batch(batch)
     first, second = (_wire(c) for c in batch)
     assert _shape(first) == [("user", ["image", "text:Write a haiku for this image"])]
@@ -86,8 +118,15 @@ def test_batch_of_image_chats_and_several_images_in_one_chat(card, media_dir):
 
 
 def test_video(card, media_dir):
-    messages = [{"role": "user", "content": [{"type": "video", "url": card["tennis"]},
-                                             {"type": "text", "text": "What type of shot is the man performing?"}]}]  # fmt: skip
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "video", "url": card["tennis"]},
+                {"type": "text", "text": "What type of shot is the man performing?"},
+            ],
+        }
+    ]
     request = _wire(messages)
     video = request.messages[0].content[0].media.video
     assert video.data == (media_dir / "tennis.mp4").read_bytes() and video.num_frames == 0
@@ -98,13 +137,35 @@ def test_video(card, media_dir):
 
 def test_interleaved_batch_of_images_and_videos(card):
     batch = [
-        [{"role": "user", "content": [{"type": "image", "url": card["liberty"]}, {"type": "image", "url": card["bridge"]},
-                                      {"type": "text", "text": "These images depict two different landmarks. Can you identify them?"}]}],
-        [{"role": "user", "content": [{"type": "video", "url": card["tennis"]},
-                                      {"type": "text", "text": "What type of shot is the man performing?"}]}],
-        [{"role": "user", "content": [{"type": "image", "url": card["view"]},
-                                      {"type": "text", "text": "Write a haiku for this image"}]}],
-    ]  # fmt: skip
+        [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image", "url": card["liberty"]},
+                    {"type": "image", "url": card["bridge"]},
+                    {"type": "text", "text": "These images depict two different landmarks. Can you identify them?"},
+                ],
+            }
+        ],
+        [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "video", "url": card["tennis"]},
+                    {"type": "text", "text": "What type of shot is the man performing?"},
+                ],
+            }
+        ],
+        [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image", "url": card["view"]},
+                    {"type": "text", "text": "Write a haiku for this image"},
+                ],
+            }
+        ],
+    ]
     assert is_batch(batch) and not is_batch(batch[0])
     shapes = [_shape(_wire(c))[0][1] for c in batch]
     assert [s[:-1] for s in shapes] == [["image", "image"], ["video"], ["image"]]
@@ -116,18 +177,21 @@ def test_local_paths_pil_numpy_and_plain_string_content(media_dir):
     frames = np.zeros((2, 8, 8, 3), np.uint8)
     conversation = [
         {"role": "system", "content": "You are terse."},
-        {"role": "user", "content": [
-            {"type": "image", "path": str(media_dir / "view.jpg")},
-            {"type": "image", "image": media_dir / "bridge.jpg"},
-            {"type": "image", "image": Image.open(media_dir / "liberty.jpg")},
-            {"type": "image", "image": np.zeros((4, 4, 3), np.uint8)},
-            {"type": "video", "video": frames, "num_frames": 2},
-            {"type": "video", "path": str(media_dir / "tennis.mp4")},
-            {"type": "text", "text": "Compare."},
-        ]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "path": str(media_dir / "view.jpg")},
+                {"type": "image", "image": media_dir / "bridge.jpg"},
+                {"type": "image", "image": Image.open(media_dir / "liberty.jpg")},
+                {"type": "image", "image": np.zeros((4, 4, 3), np.uint8)},
+                {"type": "video", "video": frames, "num_frames": 2},
+                {"type": "video", "path": str(media_dir / "tennis.mp4")},
+                {"type": "text", "text": "Compare."},
+            ],
+        },
         {"role": "assistant", "content": [{"type": "text", "text": "Done."}]},
         {"role": "user", "content": "And now?"},
-    ]  # fmt: skip
+    ]
     request = _wire(conversation, UrlPolicy())
     assert _shape(request) == [
         ("system", ["text:You are terse."]),
@@ -140,16 +204,27 @@ def test_local_paths_pil_numpy_and_plain_string_content(media_dir):
 
 def test_media_ids_and_encoded_media_are_references():
     encoded = EncodedMedia("abc123", "image", 1, 16, 0, 16, False, 3600)
-    request = _wire([{"role": "user", "content": [{"type": "image", "media_id": "xyz"},
-                                                  {"type": "video", "media_id": encoded},
-                                                  {"type": "text", "text": "?"}]}], UrlPolicy())  # fmt: skip
+    request = _wire(
+        [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image", "media_id": "xyz"},
+                    {"type": "video", "media_id": encoded},
+                    {"type": "text", "text": "?"},
+                ],
+            }
+        ],
+        UrlPolicy(),
+    )
     parts = request.messages[0].content
     assert [parts[0].media.media_id, parts[1].media.media_id] == ["xyz", "abc123"]
 
 
 def test_request_id_and_stream_requests():
-    request = generate_request([{"role": "user", "content": "hi"}], sampling_params(), UrlPolicy(),
-                               request_id="job-7", stream=True)  # fmt: skip
+    request = generate_request(
+        [{"role": "user", "content": "hi"}], sampling_params(), UrlPolicy(), request_id="job-7", stream=True
+    )
     assert isinstance(request, pb.GenerateStreamRequest) and request.request_id == "job-7"
     assert not request.sampling.HasField("seed")
 
@@ -160,7 +235,10 @@ def test_request_id_and_stream_requests():
         ([{"role": "robot", "content": "hi"}], r"messages\[0\].role must be one of system, user, assistant"),
         ([{"role": "user"}], r"messages\[0\].content must be a string or a list"),
         ([{"role": "user", "content": [{"type": "audio", "audio": "x.wav"}]}], r"content\[0\].type must be one of"),
-        ([{"role": "user", "content": [{"type": "image"}]}], r"content\[0\] \(image\) needs exactly one of .*found none"),
+        (
+            [{"role": "user", "content": [{"type": "image"}]}],
+            r"content\[0\] \(image\) needs exactly one of .*found none",
+        ),
         ([{"role": "user", "content": [{"type": "image", "url": "a", "path": "b"}]}], "found url, path"),
         ([{"role": "user", "content": [{"type": "image", "media_id": "a", "num_frames": 3}]}], "videos only"),
         ([{"role": "user", "content": [{"type": "video", "media_id": "a", "num_frames": -1}]}], "num_frames must be"),

@@ -5,15 +5,29 @@ from __future__ import annotations
 import pytest
 
 from internvl_serve.clients.errors import InputError
-from internvl_serve.pb.internvl.v1 import generation_service_pb2 as pb
 from internvl_serve.clients.sampling import SAMPLING_KWARGS, sampling_params
+from internvl_serve.pb.internvl.v1 import generation_service_pb2 as pb
 
 
 def test_every_field_reaches_the_proto():
-    params = sampling_params(max_new_tokens=12, temperature=0.7, top_p=0.9, top_k=40, seed=0, stop=["\n\n", "END"],
-                             ignore_eos=True, repetition_penalty=1.1)  # fmt: skip
+    params = sampling_params(
+        max_new_tokens=12,
+        temperature=0.7,
+        top_p=0.9,
+        top_k=40,
+        seed=0,
+        stop=["\n\n", "END"],
+        ignore_eos=True,
+        repetition_penalty=1.1,
+    )
     wire = pb.SamplingParams.FromString(params.SerializeToString())
-    assert (wire.max_new_tokens, wire.top_k, wire.seed, list(wire.stop), wire.ignore_eos) == (12, 40, 0, ["\n\n", "END"], True)
+    assert (wire.max_new_tokens, wire.top_k, wire.seed, list(wire.stop), wire.ignore_eos) == (
+        12,
+        40,
+        0,
+        ["\n\n", "END"],
+        True,
+    )
     assert wire.HasField("seed"), "seed=0 is a seed, not 'unset'"
     assert wire.temperature == pytest.approx(0.7) and wire.top_p == pytest.approx(0.9)
     assert wire.repetition_penalty == pytest.approx(1.1)
@@ -30,7 +44,9 @@ def test_a_single_stop_string():
 
 
 def test_unknown_names_are_a_type_error_listing_the_accepted_ones():
-    with pytest.raises(TypeError, match="unexpected sampling argument.*do_sample, max_tokens.*accepted: max_new_tokens"):
+    with pytest.raises(
+        TypeError, match="unexpected sampling argument.*do_sample, max_tokens.*accepted: max_new_tokens"
+    ):
         sampling_params(max_tokens=5, do_sample=False)
 
 

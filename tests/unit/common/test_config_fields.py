@@ -10,7 +10,7 @@ import pytest
 from internvl_serve.common.embedding_cache import CacheSettings
 from internvl_serve.common.telemetry import TelemetrySettings
 from internvl_serve.decoder.config import DecoderConfig, add_decoder_arguments, decoder_config_from_args
-from internvl_serve.encoder.config import MiB, EncoderConfig, add_encoder_arguments, encoder_config_from_args
+from internvl_serve.encoder.config import EncoderConfig, MiB, add_encoder_arguments, encoder_config_from_args
 
 SERVICES = [
     (EncoderConfig, add_encoder_arguments, encoder_config_from_args),
@@ -31,8 +31,16 @@ def _parse(add, build, argv, env=None):
 
 @pytest.mark.parametrize("config_type, add, build", SERVICES)
 def test_no_flags_give_exactly_the_dataclass_defaults(monkeypatch, config_type, add, build):
-    for name in ("INTERNVL_HOST", "INTERNVL_DEVICE", "INTERNVL_DTYPE", "INTERNVL_REDIS_URL", "INTERNVL_ENCODERS",
-                 "INTERNVL_LOG_LEVEL", "INTERNVL_ENCODER_PORT", "INTERNVL_DECODER_PORT"):
+    for name in (
+        "INTERNVL_HOST",
+        "INTERNVL_DEVICE",
+        "INTERNVL_DTYPE",
+        "INTERNVL_REDIS_URL",
+        "INTERNVL_ENCODERS",
+        "INTERNVL_LOG_LEVEL",
+        "INTERNVL_ENCODER_PORT",
+        "INTERNVL_DECODER_PORT",
+    ):
         monkeypatch.delenv(name, raising=False)
     from_flags = _parse(add, build, [])
     from_code = config_type(model="m", telemetry=from_flags.telemetry)
@@ -42,8 +50,9 @@ def test_no_flags_give_exactly_the_dataclass_defaults(monkeypatch, config_type, 
 
 def test_environment_and_units_reach_the_fields():
     env = {"INTERNVL_HOST": "0.0.0.0", "INTERNVL_REDIS_URL": "redis://r:6379/0", "INTERNVL_ENCODER_PORT": "7000"}
-    config = _parse(EncoderConfig, encoder_config_from_args, ["--max-image-mb", "1.5", "--redis-timeout-s", "2"],
-                    env=env)
+    config = _parse(
+        EncoderConfig, encoder_config_from_args, ["--max-image-mb", "1.5", "--redis-timeout-s", "2"], env=env
+    )
     assert (config.host, config.port, config.cache.url) == ("0.0.0.0", 7000, "redis://r:6379/0")
     assert config.limits.max_image_bytes == int(1.5 * MiB) and isinstance(config.limits.max_image_bytes, int)
     assert config.cache.op_timeout_s == 2.0 and config.cache.connect_timeout_s == 0.5
@@ -52,9 +61,23 @@ def test_environment_and_units_reach_the_fields():
 
 
 def test_the_decoder_takes_the_same_redis_settings_as_the_encoder():
-    config = _parse(DecoderConfig, decoder_config_from_args,
-                    ["--redis-url", "redis://x:1/0", "--cache-ttl-s", "60", "--redis-backoff-s", "0.25",
-                     "--encoder", "a:1, b:2", "--max-receive-mb", "8"], env={})
+    config = _parse(
+        DecoderConfig,
+        decoder_config_from_args,
+        [
+            "--redis-url",
+            "redis://x:1/0",
+            "--cache-ttl-s",
+            "60",
+            "--redis-backoff-s",
+            "0.25",
+            "--encoder",
+            "a:1, b:2",
+            "--max-receive-mb",
+            "8",
+        ],
+        env={},
+    )
     assert config.cache == CacheSettings(url="redis://x:1/0", ttl_s=60, backoff_s=0.25)
     assert config.encoders == ("a:1", "b:2") and config.max_receive_bytes == 8 * MiB
 

@@ -29,9 +29,13 @@ def test_exporters_from_env(env, traces, metrics):
 
 @pytest.mark.parametrize(
     ("env", "expected"),
-    [({}, False), ({"INTERNVL_TRACE_CONTENT": "1"}, True), ({"INTERNVL_TRACE_CONTENT": "0"}, False),
-     ({"OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "true"}, True)],
-)  # fmt: skip
+    [
+        ({}, False),
+        ({"INTERNVL_TRACE_CONTENT": "1"}, True),
+        ({"INTERNVL_TRACE_CONTENT": "0"}, False),
+        ({"OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "true"}, True),
+    ],
+)
 def test_prompt_text_is_opt_in(env, expected):
     assert TelemetrySettings.from_env("internvl-decoder", env).capture_content is expected
 
@@ -52,8 +56,10 @@ def test_service_name_defaults_per_service_and_env_overrides(monkeypatch):
 def test_unsupported_exporter_is_skipped_not_fatal(caplog):
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    settings = TelemetrySettings.from_env("x", {"OTEL_TRACES_EXPORTER": "zipkin", "OTEL_METRICS_EXPORTER": "otlp",
-                                                "OTEL_EXPORTER_OTLP_PROTOCOL": "thrift"})  # fmt: skip
+    settings = TelemetrySettings.from_env(
+        "x",
+        {"OTEL_TRACES_EXPORTER": "zipkin", "OTEL_METRICS_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "thrift"},
+    )
     spans = InMemorySpanExporter()
     with caplog.at_level(logging.ERROR, logger="internvl_serve.telemetry"):
         t = setup_telemetry("x", settings=settings, span_exporters=[spans])  # does not raise

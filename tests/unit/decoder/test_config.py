@@ -7,7 +7,7 @@ import argparse
 import pytest
 import torch
 
-from internvl_serve.decoder.config import MiB, DecoderConfig, add_decoder_arguments, decoder_config_from_args
+from internvl_serve.decoder.config import DecoderConfig, MiB, add_decoder_arguments, decoder_config_from_args
 from internvl_serve.decoder.engine.kv_cache import KVCacheSpec, num_kv_blocks
 
 
@@ -18,9 +18,26 @@ def parse(*argv: str) -> DecoderConfig:
 
 
 def test_flags_reach_the_config():
-    c = parse("--encoder", "a:1, b:2", "--kv-cache-mb", "64", "--block-size", "32", "--max-num-seqs", "4",
-              "--max-tokens-per-step", "512", "--max-queue", "9", "--default-max-new-tokens", "10",
-              "--max-context-len", "1000", "--port", "0")
+    c = parse(
+        "--encoder",
+        "a:1, b:2",
+        "--kv-cache-mb",
+        "64",
+        "--block-size",
+        "32",
+        "--max-num-seqs",
+        "4",
+        "--max-tokens-per-step",
+        "512",
+        "--max-queue",
+        "9",
+        "--default-max-new-tokens",
+        "10",
+        "--max-context-len",
+        "1000",
+        "--port",
+        "0",
+    )
     assert c.encoders == ("a:1", "b:2") and c.kv_cache_bytes == 64 * MiB and c.block_size == 32
     assert (c.max_num_seqs, c.max_tokens_per_step, c.max_queue) == (4, 512, 9)
     assert (c.default_max_new_tokens, c.max_context_len, c.port) == (10, 1000, 0)

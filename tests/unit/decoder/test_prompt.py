@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from internvl_testing.oracle_media import media_embeddings, tile_counts
 
 from internvl_serve.common.errors import InvalidArgument
 from internvl_serve.decoder.engine.media import MediaEmbedding
 from internvl_serve.decoder.engine.prompt import PromptBuilder
 from internvl_serve.decoder.engine.sampling_params import SamplingParams
 from internvl_serve.decoder.engine.sequence_factory import resolve_max_new_tokens
+from internvl_testing.oracle_media import media_embeddings, tile_counts
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +43,10 @@ def fake_media(oracle, chat):
     hidden = oracle.model.config.text_config.hidden_size
     per_tile = oracle.processor.image_seq_length
     items = []
-    for kind, n in zip([p["type"] for m in chat if isinstance(m["content"], list) for p in m["content"]
-                        if p["type"] != "text"], tile_counts(oracle, chat)):
+    for kind, n in zip(
+        [p["type"] for m in chat if isinstance(m["content"], list) for p in m["content"] if p["type"] != "text"],
+        tile_counts(oracle, chat),
+    ):
         emb = torch.zeros(n * per_tile, hidden)
         items.append(MediaEmbedding.image(emb, n) if kind == "image" else MediaEmbedding.video(emb, n))
     return items
@@ -54,8 +56,13 @@ def chats(media_dir):
     return {
         "text only": [user(text("Write a haiku"))],
         "one image": [user(image(media_dir / "view.jpg"), text("Please describe the image explicitly."))],
-        "several images": [user(image(media_dir / "liberty.jpg"), image(media_dir / "bridge.jpg"),
-                                text("These images depict two different landmarks. Can you identify them?"))],
+        "several images": [
+            user(
+                image(media_dir / "liberty.jpg"),
+                image(media_dir / "bridge.jpg"),
+                text("These images depict two different landmarks. Can you identify them?"),
+            )
+        ],
         "video": [user(video(media_dir / "tennis.mp4"), text("What type of shot is the man performing?"))],
         "system message": [{"role": "system", "content": "You are terse."}, user(text("Hi"))],
         "multi-turn": [
@@ -98,10 +105,16 @@ def test_video_lines_follow_the_processor(builder, oracle, media_dir):
     "messages, match",
     [
         ([], "messages is empty"),
-        ([{"role": "tool", "content": "x"}], r"messages\[0\].role is 'tool'; it must be one of system, user, assistant"),
+        (
+            [{"role": "tool", "content": "x"}],
+            r"messages\[0\].role is 'tool'; it must be one of system, user, assistant",
+        ),
         ([{"role": "user", "content": ""}], r"messages\[0\] \(user\) has empty content"),
         ([{"role": "user", "content": []}], r"messages\[0\] \(user\) has empty content"),
-        ([user(text("ok")), {"role": "assistant", "content": [text("")]}], r"messages\[1\] \(assistant\) has empty content"),
+        (
+            [user(text("ok")), {"role": "assistant", "content": [text("")]}],
+            r"messages\[1\] \(assistant\) has empty content",
+        ),
         ([user({"type": "audio"})], r"content\[0\] has type 'audio'"),
         ([user(text("look: <IMG_CONTEXT>"))], "contains the media token '<IMG_CONTEXT>'"),
         ([user(text("<img>"))], "contains the media token '<img>'"),
@@ -126,7 +139,10 @@ def test_prompt_longer_than_the_context():
 
 
 def test_max_new_tokens_past_the_context():
-    with pytest.raises(InvalidArgument, match="max_new_tokens 50 plus the prompt's 60 tokens exceeds the context length 100; ask for at most 40"):
+    with pytest.raises(
+        InvalidArgument,
+        match="max_new_tokens 50 plus the prompt's 60 tokens exceeds the context length 100; ask for at most 40",
+    ):
         resolve_max_new_tokens(50, prompt_len=60, context_len=100, default=256)
     assert resolve_max_new_tokens(40, 60, 100, 256) == 40
     assert resolve_max_new_tokens(0, 60, 100, 256) == 40  # the default is capped by the room left

@@ -7,7 +7,6 @@ import sys
 
 import pytest
 import torch
-from internvl_testing.paged_testing import build_paged_kv, packed_queries
 
 from internvl_serve.kernels import (
     DecodeWorkspace,
@@ -16,6 +15,7 @@ from internvl_serve.kernels import (
     prefill_attention,
     write_kv_cache,
 )
+from internvl_testing.paged_testing import build_paged_kv, packed_queries
 
 
 @pytest.fixture
@@ -26,8 +26,15 @@ def batch(gen):
 
 
 def _prefill(query, kv, cu, **changes):
-    args = dict(q=query, k_cache=kv.k_cache, v_cache=kv.v_cache, cu_seqlens_q=cu, seq_lens=kv.seq_lens,
-                block_tables=kv.block_tables, scale=0.125)
+    args = dict(
+        q=query,
+        k_cache=kv.k_cache,
+        v_cache=kv.v_cache,
+        cu_seqlens_q=cu,
+        seq_lens=kv.seq_lens,
+        block_tables=kv.block_tables,
+        scale=0.125,
+    )
     args.update(changes)
     return prefill_attention(**args)
 
@@ -56,8 +63,10 @@ def test_cpu_tensors_without_the_interpreter_are_refused(batch, monkeypatch):
         (lambda q, kv, cu: {"q": q.transpose(0, 2).contiguous().transpose(0, 2)}, "stride 1 in its last"),
         (lambda q, kv, cu: {"q": q[0]}, "must be \\[total_q, num_q_heads, head_dim\\]"),
         (lambda q, kv, cu: {"v_cache": kv.v_cache[:-1]}, "differ in shape"),
-        (lambda q, kv, cu: {"k_cache": kv.k_cache.double(), "v_cache": kv.v_cache.double(),
-                            "q": q.double()}, "k_cache has dtype torch.float64"),
+        (
+            lambda q, kv, cu: {"k_cache": kv.k_cache.double(), "v_cache": kv.v_cache.double(), "q": q.double()},
+            "k_cache has dtype torch.float64",
+        ),
         (lambda q, kv, cu: {"scale": 0.0}, "scale must be positive"),
         (lambda q, kv, cu: {"seq_lens": kv.seq_lens.to("meta")}, "is on meta"),
     ],

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from internvl_testing.paged_testing import build_paged_kv, max_abs_diff
 
 from internvl_serve.kernels import (
     DecodeConfig,
@@ -17,6 +16,7 @@ from internvl_serve.kernels import (
     decode_attention_ref,
     prefill_attention,
 )
+from internvl_testing.paged_testing import build_paged_kv, max_abs_diff
 
 # Same reasoning as the prefill tests: fp32 differs by summation order (and the split merge);
 # 16-bit inputs round P before P @ V and round the output.

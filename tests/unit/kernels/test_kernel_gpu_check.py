@@ -19,8 +19,13 @@ ROOT = Path(__file__).resolve().parents[3]
 def _run(out: Path, *extra: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the script sets it itself
     env["OUT"] = str(out)
-    result = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), *extra], env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), *extra],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return json.loads((out / "results.json").read_text())
 
@@ -28,8 +33,12 @@ def _run(out: Path, *extra: str) -> dict:
 def test_cpu_run_checks_correctness_and_skips_timing(tmp_path):
     res = _run(tmp_path)
     kinds = {(r["kernel"].split()[0], r["shape"], r["dtype"]) for r in res["correctness"]}
-    assert kinds == {(k, s, d) for k in ("write_kv_cache", "prefill", "decode")
-                     for s in ("14B", "1B") for d in ("float32", "float16")}
+    assert kinds == {
+        (k, s, d)
+        for k in ("write_kv_cache", "prefill", "decode")
+        for s in ("14B", "1B")
+        for d in ("float32", "float16")
+    }
     assert all(r["ok"] for r in res["correctness"])
     assert res["skipped"] == ["timing: no CUDA device"]
 

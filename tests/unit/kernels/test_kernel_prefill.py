@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from internvl_testing.paged_testing import build_paged_kv, max_abs_diff, packed_queries
 
 from internvl_serve.kernels import PrefillConfig, prefill_attention, prefill_attention_ref, write_kv_cache
+from internvl_testing.paged_testing import build_paged_kv, max_abs_diff, packed_queries
 
 # Tolerances against the fp32 reference: fp32 kernels differ only by summation order; fp16/bf16
 # kernels round P to 16 bits before P @ V and round the output (bf16 has 8 mantissa bits).
@@ -89,7 +89,7 @@ def test_chunked_prefill_equals_one_shot(gen):
     k_new, v_new = kv.k_cache.clone(), kv.v_cache.clone()
     k_src = torch.stack([kv.k_cache[kv.block_tables[0, p // 16], p % 16] for p in range(length)])
     v_src = torch.stack([kv.v_cache[kv.block_tables[0, p // 16], p % 16] for p in range(length)])
-    slots = (kv.block_tables[0, torch.arange(length) // 16].long() * 16 + torch.arange(length) % 16)
+    slots = kv.block_tables[0, torch.arange(length) // 16].long() * 16 + torch.arange(length) % 16
     k_new.fill_(float("nan"))
     v_new.fill_(float("nan"))
     outs = []
@@ -109,6 +109,13 @@ def test_out_buffer_and_empty_batch(gen):
     out = torch.full_like(q, float("nan"))
     got = prefill_attention(q, kv.k_cache, kv.v_cache, cu, kv.seq_lens, kv.block_tables, 0.125, out=out)
     assert got is out and not out.isnan().any()
-    empty = prefill_attention(q[:0], kv.k_cache, kv.v_cache, torch.zeros(2, dtype=torch.int32),
-                              torch.zeros(1, dtype=torch.int32), kv.block_tables, 0.125)
+    empty = prefill_attention(
+        q[:0],
+        kv.k_cache,
+        kv.v_cache,
+        torch.zeros(2, dtype=torch.int32),
+        torch.zeros(1, dtype=torch.int32),
+        kv.block_tables,
+        0.125,
+    )
     assert empty.shape == (0, 4, 64)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from internvl_testing.paged_testing import build_paged_kv, max_abs_diff, packed_queries
 
 from internvl_serve.kernels import decode_attention_ref, prefill_attention_ref, write_kv_cache_ref
 from internvl_serve.kernels.reference import gather_kv
+from internvl_testing.paged_testing import build_paged_kv, max_abs_diff, packed_queries
 
 
 def _sdpa_one(q, k, v, scale):
@@ -20,7 +20,8 @@ def _sdpa_one(q, k, v, scale):
         q.double().transpose(0, 1),
         k.double().repeat_interleave(group, 1).transpose(0, 1),
         v.double().repeat_interleave(group, 1).transpose(0, 1),
-        attn_mask=visible, scale=scale,
+        attn_mask=visible,
+        scale=scale,
     )
     return out.transpose(0, 1)
 

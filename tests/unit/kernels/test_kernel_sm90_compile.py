@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from internvl_testing.sm90_compile import H100_SMEM_BYTES
 
 SCRIPT = Path(__file__).parents[2] / "internvl_testing" / "sm90_compile.py"

@@ -70,14 +70,31 @@ def test_up_without_redis_server_says_how_to_install_it(monkeypatch, capsys):
     code = main(["up", "--port", "0", "--encoder-port", "0"])
     err = capsys.readouterr().err
     assert code == 2
-    for hint in ("redis-server is not on PATH", "sudo apt-get install redis-server", "brew install redis", "--no-redis"):
+    for hint in (
+        "redis-server is not on PATH",
+        "sudo apt-get install redis-server",
+        "brew install redis",
+        "--no-redis",
+    ):
         assert hint in err
 
 
 def test_up_refuses_a_directory_that_is_no_checkpoint_before_starting_anything(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    code = main(["up", "--no-redis", "--port", "0", "--encoder-port", "0", "--model", str(tmp_path / "empty"),
-                 "--log-dir", str(tmp_path / "logs")])  # fmt: skip
+    code = main(
+        [
+            "up",
+            "--no-redis",
+            "--port",
+            "0",
+            "--encoder-port",
+            "0",
+            "--model",
+            str(tmp_path / "empty"),
+            "--log-dir",
+            str(tmp_path / "logs"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("internvl-serve: error:") and "config.json" in err
     assert not (tmp_path / "logs").exists()

@@ -107,12 +107,22 @@ def test_real_shape_presets_carry_released_shapes_and_ids(tmp_path, preset):
     processor = AutoProcessor.from_pretrained(out)
     t, v = config.text_config, config.vision_config
     expected = {"internvl3-1b": (896, 24, 14, 2, 4864), "internvl3-14b": (5120, 48, 40, 8, 13824)}[preset]
-    assert (t.hidden_size, t.num_hidden_layers, t.num_attention_heads, t.num_key_value_heads, t.intermediate_size) == expected
+    assert (
+        t.hidden_size,
+        t.num_hidden_layers,
+        t.num_attention_heads,
+        t.num_key_value_heads,
+        t.intermediate_size,
+    ) == expected
     assert (v.hidden_size, v.num_hidden_layers, v.image_size, v.patch_size) == (1024, 24, [448, 448], [14, 14])
     tok = processor.tokenizer
     assert tok.convert_tokens_to_ids(["<|endoftext|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>"]) == [
-        151643, 151645, 151665, 151666, 151667,
-    ]  # fmt: skip
+        151643,
+        151645,
+        151665,
+        151666,
+        151667,
+    ]
     assert config.image_token_id == 151667 and processor.image_seq_length == 256
 
 

@@ -6,12 +6,12 @@ import io
 
 import numpy as np
 import pytest
-from internvl_testing.media import image_bytes, noise_image, png_header
 from PIL import Image
 
 from internvl_serve.common.errors import InvalidMedia, ResourceExhausted
 from internvl_serve.encoder.media.config import MediaLimits
 from internvl_serve.encoder.media.images import decode_image
+from internvl_testing.media import image_bytes, noise_image, png_header
 
 LIMITS = MediaLimits()
 
@@ -59,7 +59,9 @@ def test_decompression_bombs_and_absurd_sizes_are_refused_from_the_header(width,
 
 def test_size_limits_are_configurable():
     small = MediaLimits(max_image_pixels=10_000, max_image_side=150, min_image_side=20)
-    assert "120x100 = 12000 pixels; the limit is 10000 pixels" in _rejected(image_bytes(noise_image(120, 100, 1), "PNG"), small)
+    assert "120x100 = 12000 pixels; the limit is 10000 pixels" in _rejected(
+        image_bytes(noise_image(120, 100, 1), "PNG"), small
+    )
     assert "longest side may be at most 150" in _rejected(image_bytes(noise_image(160, 30, 1), "PNG"), small)
     assert "at least 20 pixel(s)" in _rejected(image_bytes(noise_image(90, 10, 1), "PNG"), small)
     decode_image(image_bytes(noise_image(100, 100, 1), "PNG"), small)  # exactly at the limit: fine

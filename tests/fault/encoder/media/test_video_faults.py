@@ -11,11 +11,11 @@ import time
 
 import numpy as np
 import pytest
-from internvl_testing.media import audio_only, image_bytes, noise_image, write_video, zero_frame_video
 
 from internvl_serve.common.errors import InvalidMedia, ResourceExhausted, Unavailable
 from internvl_serve.encoder.media.config import MediaLimits
 from internvl_serve.encoder.media.video import VideoDecoder
+from internvl_testing.media import audio_only, image_bytes, noise_image, write_video, zero_frame_video
 
 CRASH = b"INTERNVL-TEST-CRASH"
 HANG = b"INTERNVL-TEST-HANG"
@@ -26,7 +26,9 @@ def clips(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad-videos")
     return {
         "good": write_video(root / "good.mp4", frames=12, seed=1).read_bytes(),
-        "faststart": write_video(root / "fs.mp4", frames=12, seed=2, container_options={"movflags": "faststart"}).read_bytes(),
+        "faststart": write_video(
+            root / "fs.mp4", frames=12, seed=2, container_options={"movflags": "faststart"}
+        ).read_bytes(),
         "ffv1": write_video(root / "ffv1.mkv", frames=3, codec="ffv1", pix_fmt="yuv420p").read_bytes(),
         "big": write_video(root / "big.mkv", frames=3, width=320, height=240, seed=3).read_bytes(),
     }
@@ -74,7 +76,9 @@ def test_unsupported_codec(hooked_decoder, clips):
 
 def test_limits_on_duration_frames_and_frame_size(hooked_decoder, clips):
     good = clips["good"]  # 12 frames at 10 fps, 96x64
-    assert "1.2 s long; the limit is 1.0 s" in _rejected(hooked_decoder, good, limits=MediaLimits(max_video_seconds=1.0))
+    assert "1.2 s long; the limit is 1.0 s" in _rejected(
+        hooked_decoder, good, limits=MediaLimits(max_video_seconds=1.0)
+    )
     assert "more than 10 frames" in _rejected(hooked_decoder, good, limits=MediaLimits(max_video_frames=10))
     message = _rejected(hooked_decoder, clips["big"], limits=MediaLimits(max_video_pixels_per_frame=100 * 100))
     assert "320x240" in message and "per frame" in message
@@ -110,7 +114,11 @@ def test_a_hanging_decoder_times_out_and_is_replaced(hooked_decoder, clips):
 
 def test_crashes_under_concurrency_do_not_disturb_other_requests(hooked_decoder, clips):
     async def main():
-        tasks = [hooked_decoder.decode(CRASH, 4), hooked_decoder.decode(clips["good"], 4), hooked_decoder.decode(CRASH, 4)]
+        tasks = [
+            hooked_decoder.decode(CRASH, 4),
+            hooked_decoder.decode(clips["good"], 4),
+            hooked_decoder.decode(CRASH, 4),
+        ]
         return await asyncio.gather(*tasks, return_exceptions=True)
 
     crashed, good, crashed_too = asyncio.run(main())

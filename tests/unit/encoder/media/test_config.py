@@ -39,16 +39,33 @@ def test_nested_settings_win_over_the_standalone_file(tiny_model_dir, tmp_path):
     for name in ("preprocessor_config.json", "video_preprocessor_config.json", "processor_config.json"):
         shutil.copy(tiny_model_dir / name, tmp_path / name)
     image_cfg = json.loads((tmp_path / "preprocessor_config.json").read_text())
-    _write(tmp_path, "processor_config.json", {"image_seq_length": 7, "image_processor": {**image_cfg, "max_patches": 5}})
+    _write(
+        tmp_path, "processor_config.json", {"image_seq_length": 7, "image_processor": {**image_cfg, "max_patches": 5}}
+    )
     image, _, tokens_per_tile = load_preprocess(tmp_path)
     assert (image.max_tiles, tokens_per_tile) == (5, 7)
 
 
 def test_values_come_from_the_files_not_constants(tmp_path):
     size = {"height": 448, "width": 448}
-    _write(tmp_path, "preprocessor_config.json", {"size": size, "crop_to_patches": True, "max_patches": 6, "min_patches": 2,
-                                                  "image_mean": [0.5, 0.5, 0.5], "image_std": [0.25, 0.25, 0.25], "resample": 2})  # fmt: skip
-    _write(tmp_path, "video_preprocessor_config.json", {"size": {"height": 32, "width": 48}, "num_frames": 5, "initial_shift": 0})
+    _write(
+        tmp_path,
+        "preprocessor_config.json",
+        {
+            "size": size,
+            "crop_to_patches": True,
+            "max_patches": 6,
+            "min_patches": 2,
+            "image_mean": [0.5, 0.5, 0.5],
+            "image_std": [0.25, 0.25, 0.25],
+            "resample": 2,
+        },
+    )
+    _write(
+        tmp_path,
+        "video_preprocessor_config.json",
+        {"size": {"height": 32, "width": 48}, "num_frames": 5, "initial_shift": 0},
+    )
     _write(tmp_path, "processor_config.json", {"image_seq_length": 256})
     image, video, tokens_per_tile = load_preprocess(tmp_path)
     assert (image.tile_size, image.min_tiles, image.max_tiles, image.resample) == ((448, 448), 2, 6, 2)
@@ -76,9 +93,18 @@ def test_bad_or_missing_settings_name_the_problem(tmp_path):
 
 @pytest.mark.parametrize(
     "change",
-    [{"tile_height": 32}, {"max_tiles": 6}, {"min_tiles": 2}, {"crop_to_patches": False}, {"use_thumbnail": False},
-     {"image_mean": (0.5, 0.5, 0.5)}, {"image_std": (0.2, 0.2, 0.2)}, {"resample": 2}, {"rescale_factor": 1 / 127.5}],
-)  # fmt: skip
+    [
+        {"tile_height": 32},
+        {"max_tiles": 6},
+        {"min_tiles": 2},
+        {"crop_to_patches": False},
+        {"use_thumbnail": False},
+        {"image_mean": (0.5, 0.5, 0.5)},
+        {"image_std": (0.2, 0.2, 0.2)},
+        {"resample": 2},
+        {"rescale_factor": 1 / 127.5},
+    ],
+)
 def test_image_fingerprint_covers_every_setting(tiny_model_dir, change):
     image, _, _ = load_preprocess(tiny_model_dir)
     assert image.fingerprint() == load_preprocess(tiny_model_dir)[0].fingerprint()  # stable

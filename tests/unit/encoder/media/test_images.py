@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from internvl_testing.media import edited_checkpoint, image_bytes, image_variants, noise_image
 
 from internvl_serve.encoder.media.config import MediaLimits, load_preprocess
 from internvl_serve.encoder.media.images import decode_image, image_to_tiles
 from internvl_serve.encoder.media.transforms import tile_grid
 from internvl_serve.oracle.media import load_image
+from internvl_testing.media import edited_checkpoint, image_bytes, image_variants, noise_image
 
 LIMITS = MediaLimits()
 VARIANTS = image_variants()
@@ -35,9 +35,19 @@ def test_every_format_matches_transformers(name, oracle, media_pp):
 
 @pytest.mark.parametrize(
     "width,height,tiles",
-    [(1, 1, 1), (64, 64, 1), (65, 64, 1), (128, 64, 3), (1280, 64, 13), (64, 1280, 13), (300, 200, 7),
-     (500, 500, 10), (31, 700, 13), (200, 130, 7)],
-)  # fmt: skip
+    [
+        (1, 1, 1),
+        (64, 64, 1),
+        (65, 64, 1),
+        (128, 64, 3),
+        (1280, 64, 13),
+        (64, 1280, 13),
+        (300, 200, 7),
+        (500, 500, 10),
+        (31, 700, 13),
+        (200, 130, 7),
+    ],
+)
 def test_aspect_ratios_and_sizes_match_transformers(width, height, tiles, oracle, media_pp):
     data = image_bytes(noise_image(width, height, seed=width * 7 + height), "PNG")
     ours = _ours(data, media_pp[0])
@@ -46,11 +56,16 @@ def test_aspect_ratios_and_sizes_match_transformers(width, height, tiles, oracle
 
 
 def test_chat_with_two_images_matches_the_oracle(oracle, media_pp, media_dir):
-    chat = [{"role": "user", "content": [
-        {"type": "image", "image": str(media_dir / "view.jpg")},
-        {"type": "image", "image": str(media_dir / "liberty.jpg")},
-        {"type": "text", "text": "Compare the two pictures."},
-    ]}]  # fmt: skip
+    chat = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "image": str(media_dir / "view.jpg")},
+                {"type": "image", "image": str(media_dir / "liberty.jpg")},
+                {"type": "text", "text": "Compare the two pictures."},
+            ],
+        }
+    ]
     expected = oracle.prepare(chat).pixel_values
     ours = torch.cat([_ours((media_dir / n).read_bytes(), media_pp[0]) for n in ("view.jpg", "liberty.jpg")])
     assert torch.equal(ours, expected)
@@ -86,7 +101,9 @@ def test_tile_grid_is_transformers_rule():
     for height in (1, 7, 64, 90, 333, 1000):
         for width in (1, 13, 64, 150, 640, 4000):
             for lo, hi in ((1, 12), (1, 6), (2, 4), (3, 9)):
-                assert tile_grid(height, width, 64, 64, lo, hi) == get_optimal_tiled_canvas((height, width), (64, 64), lo, hi)
+                assert tile_grid(height, width, 64, 64, lo, hi) == get_optimal_tiled_canvas(
+                    (height, width), (64, 64), lo, hi
+                )
 
 
 def test_transparency_is_composited_like_the_processor():

@@ -6,11 +6,11 @@ import asyncio
 
 import pytest
 import torch
-from internvl_testing.media import MPEG4_NOT_CODED_VOP, edited_checkpoint, remux_with_extra_packets, write_video
 
 from internvl_serve.encoder.media.config import MediaLimits
 from internvl_serve.encoder.media.video import decode_video, sample_indices
 from internvl_serve.oracle.media import decode_video as oracle_decode
+from internvl_testing.media import MPEG4_NOT_CODED_VOP, edited_checkpoint, remux_with_extra_packets, write_video
 
 CODECS = {  # file name -> encoder: the containers/codecs the service must read
     "h264.mp4": "libx264",
@@ -25,7 +25,9 @@ CODECS = {  # file name -> encoder: the containers/codecs the service must read
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
     root = tmp_path_factory.mktemp("videos")
-    files = {name: write_video(root / name, frames=23, codec=codec, seed=i) for i, (name, codec) in enumerate(CODECS.items())}
+    files = {
+        name: write_video(root / name, frames=23, codec=codec, seed=i) for i, (name, codec) in enumerate(CODECS.items())
+    }
     files["short.mp4"] = write_video(root / "short.mp4", frames=5, seed=9)
     return files
 
@@ -50,8 +52,12 @@ def test_every_container_and_codec_matches_the_oracle(name, num_frames, videos, 
 
 
 def test_video_chat_matches_the_oracle_end_to_end(videos, oracle, video_decoder):
-    chat = [{"role": "user", "content": [{"type": "video", "video": str(videos["h264.mp4"])},
-                                         {"type": "text", "text": "What happens?"}]}]  # fmt: skip
+    chat = [
+        {
+            "role": "user",
+            "content": [{"type": "video", "video": str(videos["h264.mp4"])}, {"type": "text", "text": "What happens?"}],
+        }
+    ]
     ours = video_decoder.decode_sync(videos["h264.mp4"].read_bytes(), 0)  # 0: the checkpoint's default (8)
     assert ours.num_frames == 8
     assert torch.equal(ours.pixel_values, oracle.prepare(chat).pixel_values)
@@ -78,8 +84,14 @@ def test_frame_settings_are_read_from_the_checkpoint(tiny_model_dir, tmp_path, v
 
     from internvl_serve.encoder.media.config import load_preprocess
 
-    edited = edited_checkpoint(tiny_model_dir, tmp_path / "edited", "video_preprocessor_config.json",
-                               size={"height": 40, "width": 24}, num_frames=6, image_mean=[0.5, 0.4, 0.3])  # fmt: skip
+    edited = edited_checkpoint(
+        tiny_model_dir,
+        tmp_path / "edited",
+        "video_preprocessor_config.json",
+        size={"height": 40, "width": 24},
+        num_frames=6,
+        image_mean=[0.5, 0.4, 0.3],
+    )
     pp = load_preprocess(edited)[1]
     data = videos["vp9.webm"].read_bytes()
     ours = decode_video(data, 0, pp, MediaLimits())
@@ -101,7 +113,9 @@ def test_sampling_is_transformers_rule():
                 assert sample_indices(total, n) == list(range(total))
                 continue
             for shift in (True, 0.0, 0.5):
-                expected = processor.sample_frames(VideoMetadata(total_num_frames=total, fps=30.0), num_frames=n, initial_shift=shift)
+                expected = processor.sample_frames(
+                    VideoMetadata(total_num_frames=total, fps=30.0), num_frames=n, initial_shift=shift
+                )
                 assert sample_indices(total, n, shift) == expected.tolist(), (total, n, shift)
 
 
