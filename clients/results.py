@@ -22,10 +22,13 @@ class Usage:
     output_tokens: int = 0
     image_tokens: int = 0
     media_cache_hits: int = 0
+    cached_tokens: int = 0  # prompt tokens whose KV the server reused from its prefix cache
 
     @classmethod
     def from_proto(cls, usage: pb.Usage) -> Usage:
-        return cls(usage.input_tokens, usage.output_tokens, usage.image_tokens, usage.media_cache_hits)
+        return cls(
+            usage.input_tokens, usage.output_tokens, usage.image_tokens, usage.media_cache_hits, usage.cached_tokens
+        )
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,6 @@ class Setting:
     scale: float | None = None  # field value = flag value * scale (flag in MiB, field in bytes)
     parse: Callable[[str], Any] | None = None  # flag text -> field value
     choices: tuple[str, ...] | None = None
-    negative_flag: str | None = None  # for booleans: a --no-... flag that turns it off
 
 
 @dataclass(frozen=True)
@@ -103,10 +102,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, env: Mappin
         shown = default
         if spec.env and spec.env in env:
             shown = _from_text(env[spec.env], default, spec, scaled=True)
-        if isinstance(default, bool):
-            parser.add_argument(flag, dest=dest, action="store_true", default=shown, help=spec.help)
-            if spec.negative_flag:
-                parser.add_argument(spec.negative_flag, dest=dest, action="store_false", help=f"turn off {flag}")
+        if isinstance(default, bool):  # a switch: --x turns on a False default, --no-x off a True one
+            action = "store_false" if default else "store_true"
+            parser.add_argument(flag, dest=dest, action=action, default=shown, help=spec.help)
             continue
         if shown is not MISSING and shown is not None and spec.scale:
             shown = shown / spec.scale

@@ -56,6 +56,11 @@ class DecoderConfig:
         2048, "tokens per step (decodes + prefill chunks): long prompts are prefilled in chunks"
     )
     max_queue: int = setting(256, "waiting requests before RESOURCE_EXHAUSTED")
+    enable_prefix_caching: bool = setting(
+        True,
+        "turn off automatic prefix caching (reuse of the KV blocks of earlier prompts and images)",
+        flag="--no-prefix-caching",
+    )
     default_max_new_tokens: int = setting(256, "used when a request sends max_new_tokens 0")
     max_media_per_request: int = setting(16, "media items over all messages of one request")
     max_context_len: int | None = setting(

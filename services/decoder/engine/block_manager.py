@@ -1,6 +1,16 @@
-"""BlockManager: the only owner of KV-cache block state (which blocks are free, which belong to whom)."""
+"""BlockManager: the only owner of KV-cache block state (which blocks are free, which belong to whom,
+which hold cached content).
+
+Prefix caching (DESIGN.md section 9): a full block whose K/V is computed is registered under its content
+hash (engine/block_hash.py). Blocks are ref-counted, so sequences with the same prefix share them; a block
+whose last reference goes keeps its content in an LRU and still counts as free. New blocks come from
+blocks that hold no cached content first; only when none is left is the least recently used cached block
+evicted.
+"""
 
 from __future__ import annotations
+
+from collections import OrderedDict
 
 # Free blocks left between a new sequence's reserved run and its neighbours.
 _HEADROOM = 2
@@ -20,16 +30,23 @@ class BlockManager:
     plain slice of the cache, which the CPU attention path reads without gathering them.
     """
 
-    def __init__(self, num_blocks: int, block_size: int):
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = False):
         if num_blocks < 1 or block_size < 1:
             raise ValueError(f"num_blocks ({num_blocks}) and block_size ({block_size}) must be >= 1")
         self.block_size = block_size
+        self.enable_prefix_caching = enable_prefix_caching
         self._num_blocks = num_blocks
-        self._is_free = bytearray(b"\x01") * num_blocks
+        self._is_free = bytearray(b"\x01") * num_blocks  # unreferenced and holding no cached content
         self._open = bytearray(b"\x01") * num_blocks  # free and not reserved for a sequence
-        self._num_free = num_blocks
+        self._num_free = num_blocks  # blocks marked in _is_free
+        self._refs = [0] * num_blocks
         self._tables: dict[int, list[int]] = {}
         self._reserved: dict[int, range] = {}
+        self._hash_of: dict[int, bytes] = {}  # cached content of a block
+        self._block_of: dict[bytes, int] = {}
+        self._lru: OrderedDict[int, None] = OrderedDict()  # unreferenced cached blocks, least recent first
+        self._num_registered: dict[int, int] = {}  # full blocks of a sequence already registered
+        self.num_evictions = 0
 
     @property
     def num_total_blocks(self) -> int:
@@ -37,7 +54,13 @@ class BlockManager:
 
     @property
     def num_free_blocks(self) -> int:
-        return self._num_free
+        """Blocks no sequence holds: empty ones and unreferenced cached ones (evicted when needed)."""
+        return self._num_free + len(self._lru)
+
+    @property
+    def num_cached_blocks(self) -> int:
+        """Blocks holding registered content, referenced or not."""
+        return len(self._hash_of)
 
     @property
     def num_sequences(self) -> int:
@@ -61,22 +84,23 @@ class BlockManager:
         return max(0, self.blocks_for(num_tokens) - len(self._tables.get(seq_id, ())))
 
     def can_allocate(self, num_blocks: int) -> bool:
-        return num_blocks <= self._num_free
+        return num_blocks <= self.num_free_blocks
 
     def can_grow(self, seq_id: int, num_tokens: int) -> bool:
         return self.can_allocate(self.num_new_blocks(seq_id, num_tokens))
 
     def max_tokens(self, seq_id: int) -> int:
         """The most tokens the sequence could hold if it took every free block."""
-        return self.capacity(seq_id) + self._num_free * self.block_size
+        return self.capacity(seq_id) + self.num_free_blocks * self.block_size
 
     def grow(self, seq_id: int, num_tokens: int, expected_tokens: int = 0) -> None:
         """Make the sequence's table hold num_tokens tokens in all: all blocks or none. `expected_tokens`
         (its prompt + answer) sizes the run a new sequence is placed in; it reserves, never allocates."""
         needed = self.num_new_blocks(seq_id, num_tokens)
-        if needed > self._num_free:
-            raise OutOfBlocks(f"sequence {seq_id} needs {needed} more blocks, {self._num_free} are free")
+        if needed > self.num_free_blocks:
+            raise OutOfBlocks(f"sequence {seq_id} needs {needed} more blocks, {self.num_free_blocks} are free")
         if needed:
+            self._evict(needed - self._num_free)
             table = self._tables.setdefault(seq_id, [])
             if table:
                 table.extend(self._take(table[-1] + 1, needed))
@@ -84,16 +108,77 @@ class BlockManager:
                 table.extend(self._place(seq_id, needed, max(needed, self.blocks_for(expected_tokens))))
 
     def free(self, seq_id: int) -> int:
-        """Return every block of the sequence to the pool; returns how many (0 if it held none)."""
+        """Drop the sequence's references; returns how many blocks it held (0 if none). Its cached blocks
+        keep their content (the tail's first in line for eviction); the others are empty again."""
         table = self._tables.pop(seq_id, [])
-        for block in table:
-            self._is_free[block] = 1
-            self._open[block] = 1
+        self._num_registered.pop(seq_id, None)
+        for block in reversed(table):
+            self._refs[block] -= 1
+            if self._refs[block]:
+                continue  # another sequence shares it
+            if block in self._hash_of:
+                self._lru[block] = None
+            else:
+                self._is_free[block] = 1
+                self._open[block] = 1
+                self._num_free += 1
         for block in self._reserved.pop(seq_id, ()):
             if self._is_free[block]:
                 self._open[block] = 1
-        self._num_free += len(table)
         return len(table)
+
+    # ---- prefix caching ---------------------------------------------------------------------------------
+
+    def num_cached_prefix_blocks(self, hashes: list[bytes]) -> int:
+        """How many of `hashes` (a sequence's leading full blocks, in order) are cached, from the first on."""
+        if not self.enable_prefix_caching:
+            return 0
+        n = 0
+        while n < len(hashes) and hashes[n] in self._block_of:
+            n += 1
+        return n
+
+    def can_admit(self, hashes: list[bytes], num_tokens: int) -> bool:
+        """Whether a sequence that reuses the cached blocks of `hashes` fits with num_tokens tokens in all."""
+        idle_hits = sum(1 for h in hashes if self._refs[self._block_of[h]] == 0)
+        return self.blocks_for(num_tokens) - len(hashes) + idle_hits <= self.num_free_blocks
+
+    def take_cached_prefix(self, seq_id: int, hashes: list[bytes]) -> None:
+        """Start the (block-less) sequence's table with the cached blocks of `hashes`, shared by reference."""
+        table = self._tables.setdefault(seq_id, [])
+        if table:
+            raise ValueError(f"sequence {seq_id} already holds blocks")
+        for h in hashes:
+            block = self._block_of[h]
+            if self._refs[block] == 0:
+                del self._lru[block]
+            self._refs[block] += 1
+            table.append(block)
+        self._num_registered[seq_id] = len(hashes)
+
+    def register_full_blocks(self, seq_id: int, hashes: list[bytes]) -> None:
+        """Record the content of the sequence's first len(hashes) blocks (full, K/V computed). A block whose
+        content another block already holds stays unregistered (it is freed as an empty block)."""
+        if not self.enable_prefix_caching:
+            return
+        table = self._tables.get(seq_id, ())
+        done = self._num_registered.get(seq_id, 0)
+        for i in range(done, min(len(hashes), len(table))):
+            h = hashes[i]
+            if h not in self._block_of and table[i] not in self._hash_of:
+                self._block_of[h] = table[i]
+                self._hash_of[table[i]] = h
+        self._num_registered[seq_id] = max(done, min(len(hashes), len(table)))
+
+    def _evict(self, count: int) -> None:
+        """Empty the `count` least recently used unreferenced cached blocks (to hand them out)."""
+        for _ in range(max(0, count)):
+            block, _ = self._lru.popitem(last=False)
+            del self._block_of[self._hash_of.pop(block)]
+            self._is_free[block] = 1
+            self._open[block] = 1
+            self._num_free += 1
+            self.num_evictions += 1
 
     def _place(self, seq_id: int, count: int, expected: int) -> list[int]:
         """A new sequence's first blocks, at the start of a run with room for `expected` blocks."""
@@ -136,4 +221,6 @@ class BlockManager:
                 self._is_free[block] = self._open[block] = 0
             taken += found
         self._num_free -= count
+        for block in taken:
+            self._refs[block] = 1
         return taken

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import time
@@ -43,6 +44,13 @@ class EngineStats:
     num_total_blocks: int
     num_preemptions: int  # since start
     num_steps: int
+    num_cached_blocks: int = 0  # blocks holding reusable prefix content (referenced or not)
+    num_prompt_tokens: int = 0  # prompt tokens of admitted requests, since start
+    num_cached_prompt_tokens: int = 0  # of those, served from the prefix cache
+
+    @property
+    def prefix_cache_hit_rate(self) -> float:
+        return self.num_cached_prompt_tokens / self.num_prompt_tokens if self.num_prompt_tokens else 0.0
 
 
 class Engine:
@@ -56,7 +64,7 @@ class Engine:
         useful = cfg.max_num_seqs * -(-runtime.context_len // cfg.block_size)  # more could never be used
         num_blocks = min(num_kv_blocks(cfg, spec, runtime.device), useful)
         self.kv_cache = KVCache(spec, num_blocks, runtime.device)
-        self.block_manager = BlockManager(num_blocks, cfg.block_size)
+        self.block_manager = BlockManager(num_blocks, cfg.block_size, cfg.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, cfg.max_num_seqs, cfg.max_tokens_per_step, cfg.max_queue)
         self.runner = ModelRunner(runtime.model, self.kv_cache, runtime.device)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decoder-step")
@@ -96,6 +104,9 @@ class Engine:
             self.num_total_blocks,
             self._num_preemptions,
             self._num_steps,
+            self.block_manager.num_cached_blocks,
+            self.scheduler.num_prompt_tokens,
+            self.scheduler.num_cached_prompt_tokens,
         )
 
     def check(self, messages: list[dict], sampling: SamplingParams) -> int:
@@ -190,7 +201,7 @@ class Engine:
         prompt = self.runtime.prompt_builder.build(request.messages, request.media)
         if prompt.media_embeddings is not None:
             moved = prompt.media_embeddings.to(self.runtime.device, self.runtime.dtype)
-            prompt = type(prompt)(prompt.token_ids, prompt.media_positions, moved)
+            prompt = dataclasses.replace(prompt, media_embeddings=moved)
         return prompt
 
     async def _next_item(self, stream: RequestStream):

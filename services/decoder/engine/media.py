@@ -23,6 +23,8 @@ class MediaEmbedding:
     tokens_per_tile: int
     num_frames: int = 0
     cache_hit: bool = False  # came from the encoder's cache (reported in Usage.media_cache_hits)
+    # Identifies the content for prefix caching (the encoders' media id); empty: hash the embeddings.
+    content_hash: bytes = b""
 
     def __post_init__(self) -> None:
         if self.media_type not in MEDIA_TYPES:
@@ -55,3 +57,9 @@ class MediaEmbedding:
     def video(cls, embeddings: torch.Tensor, num_frames: int, **kwargs) -> "MediaEmbedding":
         flat = embeddings.reshape(-1, embeddings.shape[-1])
         return cls(flat, "video", num_frames, flat.shape[0] // num_frames, num_frames=num_frames, **kwargs)
+
+    def identity(self) -> bytes:
+        """What the KV of this item depends on: its content hash, or a hash of its embeddings."""
+        from internvl_serve.decoder.engine.block_hash import tensor_digest
+
+        return self.content_hash or tensor_digest(self.embeddings)

@@ -39,6 +39,7 @@ class RequestStream:
             output_tokens=len(seq.output_ids),
             image_tokens=seq.num_image_tokens,
             media_cache_hits=seq.media_cache_hits,
+            cached_tokens=seq.num_cached_tokens,
             queue_time_s=max(0.0, (seq.first_scheduled_time or seq.arrival_time) - seq.arrival_time),
             num_preemptions=seq.num_preemptions,
         )

@@ -10,7 +10,7 @@ tile/frame counts come from the encoder's answer (MediaEmbedding).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -50,6 +50,7 @@ class Prompt:
     token_ids: list[int]
     media_positions: list[int]  # positions of the <IMG_CONTEXT> tokens, ascending
     media_embeddings: torch.Tensor | None  # [len(media_positions), hidden], media rows in prompt order
+    media_items: list[tuple[bytes, int]] = field(default_factory=list)  # (content hash, rows) per item
 
 
 def _parts(message: dict[str, Any]) -> list[dict[str, Any]]:
@@ -163,4 +164,5 @@ class PromptBuilder:
                 f"the prompt has {len(positions)} {self.tokens.context_image} tokens, the media {expected}"
             )
         embeddings = torch.cat([m.embeddings for m in media]) if media else None
-        return Prompt(token_ids=token_ids, media_positions=positions, media_embeddings=embeddings)
+        items = [(m.identity(), m.num_tokens) for m in media]
+        return Prompt(token_ids=token_ids, media_positions=positions, media_embeddings=embeddings, media_items=items)

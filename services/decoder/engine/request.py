@@ -38,6 +38,7 @@ class Usage:
     output_tokens: int  # generated tokens, eos included
     image_tokens: int  # prompt positions filled with media embeddings
     media_cache_hits: int = 0  # media whose embeddings came from the encoder's cache
+    cached_tokens: int = field(default=0, compare=False)  # prompt tokens whose KV came from the prefix cache
     # For telemetry; not part of what two usages are compared on (they differ run to run):
     queue_time_s: float = field(default=0.0, compare=False)  # from joining the scheduler's queue to its first step
     num_preemptions: int = field(default=0, compare=False)  # times its KV blocks were taken back and recomputed

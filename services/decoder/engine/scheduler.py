@@ -70,6 +70,8 @@ class Scheduler:
         self.max_queue = max_queue
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # admission order, oldest first
+        self.num_prompt_tokens = 0  # admitted requests' prompt tokens (prefix-cache hit rate)
+        self.num_cached_prompt_tokens = 0
 
     @property
     def num_waiting(self) -> int:
@@ -122,6 +124,9 @@ class Scheduler:
             if seq.is_finished:
                 continue
             seq.num_computed_tokens = chunk.end
+            bm = self.block_manager
+            if bm.enable_prefix_caching:  # full blocks now computed become reusable
+                bm.register_full_blocks(seq.seq_id, seq.block_hashes(chunk.end // bm.block_size, bm.block_size))
             if token is None:
                 continue
             seq.output_ids.append(token)
@@ -167,13 +172,31 @@ class Scheduler:
                 budget -= self._take(seq, n, out)
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
+            if seq.seq_id in preempted_now:
+                break
+            hits = self._cached_prefix(seq)
             # Admit only what can be held whole now, so a started prompt is not starved of blocks.
-            if seq.seq_id in preempted_now or not bm.can_grow(seq.seq_id, seq.num_tokens):
+            if not bm.can_admit(hits, seq.num_tokens):
                 break
             self.waiting.popleft()
+            bm.take_cached_prefix(seq.seq_id, hits)
+            seq.num_computed_tokens = len(hits) * bm.block_size
+            if seq.num_preemptions == 0:  # first admission: what the request is told and counted for
+                seq.num_cached_tokens = min(seq.num_computed_tokens, seq.num_prompt_tokens)
+                self.num_prompt_tokens += seq.num_prompt_tokens
+                self.num_cached_prompt_tokens += seq.num_cached_tokens
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             budget -= self._take(seq, min(seq.num_uncomputed_tokens, budget), out)
+
+    def _cached_prefix(self, seq: Sequence) -> list[bytes]:
+        """Hashes of the longest cached run of the sequence's full blocks, leaving at least its last token
+        to compute (the step that computes it samples the next one)."""
+        bm = self.block_manager
+        if not bm.enable_prefix_caching:
+            return []
+        hashes = seq.block_hashes((seq.num_tokens - 1) // bm.block_size, bm.block_size)
+        return hashes[: bm.num_cached_prefix_blocks(hashes)]
 
     def _take(self, seq: Sequence, n: int, out: SchedulerOutput) -> int:
         start = seq.num_computed_tokens

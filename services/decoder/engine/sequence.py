@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from internvl_serve.decoder.engine.block_hash import MediaLayout, hash_block, tensor_digest
 from internvl_serve.decoder.engine.request import FinishReason
 from internvl_serve.decoder.engine.sampling_params import SamplingParams
 
@@ -37,6 +38,8 @@ class Sequence:
     media_positions: list[int] = field(default_factory=list)
     media_embeddings: torch.Tensor | None = None  # [len(media_positions), hidden] on the model's device
     media_cache_hits: int = 0
+    # (content hash, rows) of each media item in row order: part of the KV blocks' prefix-cache hashes
+    media_items: list[tuple[bytes, int]] = field(default_factory=list)
     arrival_time: float = 0.0  # time.monotonic()
     first_scheduled_time: float | None = None  # time.monotonic() of its first step (queue time = this - arrival)
     deadline: float | None = None  # time.monotonic() instant
@@ -47,6 +50,9 @@ class Sequence:
     finish_reason: FinishReason | None = None
     cancelled: bool = False
     num_preemptions: int = 0
+    num_cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache at first admission
+    _block_hashes: list[bytes] = field(default_factory=list, repr=False)
+    _media_layout: MediaLayout | None = field(default=None, repr=False)
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -91,3 +97,26 @@ class Sequence:
         if lo == hi or self.media_embeddings is None:
             return [], None
         return [p - start for p in self.media_positions[lo:hi]], self.media_embeddings[lo:hi]
+
+    def block_hashes(self, num_blocks: int, block_size: int) -> list[bytes]:
+        """Content hashes of the first `num_blocks` full blocks of prompt + output (each computed once)."""
+        hashes = self._block_hashes
+        if len(hashes) < num_blocks:
+            tokens = self.token_ids(len(hashes) * block_size, num_blocks * block_size)
+            base = len(hashes) * block_size
+            layout = self._layout()
+            for i in range(len(hashes), num_blocks):
+                start = i * block_size
+                block = tokens[start - base : start - base + block_size]
+                media = layout.segments(start, start + block_size) if layout is not None else []
+                hashes.append(hash_block(hashes[-1] if hashes else None, block, media))
+        return hashes[:num_blocks]
+
+    def _layout(self) -> MediaLayout | None:
+        if not self.media_positions:
+            return None
+        if self._media_layout is None:
+            # Built in code without item hashes (engine tests): the rows' own values identify them.
+            items = self.media_items or [(tensor_digest(self.media_embeddings), len(self.media_positions))]
+            self._media_layout = MediaLayout(self.media_positions, items)
+        return self._media_layout

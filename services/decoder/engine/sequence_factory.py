@@ -48,6 +48,7 @@ def new_sequence(
         eos_ids=frozenset() if sampling.ignore_eos else runtime.eos_token_ids,
         media_positions=list(prompt.media_positions),
         media_embeddings=prompt.media_embeddings,
+        media_items=list(prompt.media_items),
         media_cache_hits=sum(1 for m in request.media if m.cache_hit),
         arrival_time=time.monotonic(),
         deadline=request.deadline,

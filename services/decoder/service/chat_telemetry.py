@@ -61,6 +61,18 @@ class DecoderMetrics:
             ("running_sequences", "{sequence}", "Sequences in the running batch", lambda s: s.num_running),
             ("kv_blocks.used", "{block}", "KV-cache blocks in use", lambda s: s.num_total_blocks - s.num_free_blocks),
             ("kv_blocks.total", "{block}", "KV-cache blocks in the pool", lambda s: s.num_total_blocks),
+            (
+                "kv_blocks.cached",
+                "{block}",
+                "KV-cache blocks holding reusable prefix content",
+                lambda s: s.num_cached_blocks,
+            ),
+            (
+                "prefix_cache.hit_rate",
+                "1",
+                "Share of admitted prompt tokens served from the prefix cache",
+                lambda s: s.prefix_cache_hit_rate,
+            ),
         ):
             meter.create_observable_gauge(
                 f"internvl.decoder.{name}", [self._observe(read)], unit=unit, description=description
@@ -70,6 +82,12 @@ class DecoderMetrics:
             [self._observe(lambda s: s.num_preemptions)],
             unit="{preemption}",
             description="Sequences preempted (recomputed later)",
+        )
+        meter.create_observable_counter(
+            "internvl.decoder.prefix_cache.cached_tokens",
+            [self._observe(lambda s: s.num_cached_prompt_tokens)],
+            unit="{token}",
+            description="Prompt tokens whose KV came from the prefix cache",
         )
         meter.create_observable_counter(
             "internvl.decoder.steps",
@@ -172,6 +190,8 @@ class ChatTrace:
             "gen_ai.usage.output_tokens": usage.output_tokens,
             "internvl.image_tokens": usage.image_tokens,
             "internvl.media_cache_hits": usage.media_cache_hits,
+            "gen_ai.usage.cache_read.input_tokens": usage.cached_tokens,
+            "internvl.prefix_cache.hit_rate": usage.cached_tokens / usage.input_tokens if usage.input_tokens else 0.0,
             "internvl.queue_time_s": usage.queue_time_s,
             "internvl.preemptions": usage.num_preemptions,
         }

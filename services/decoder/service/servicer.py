@@ -37,6 +37,7 @@ def _usage(u: Usage) -> pb.Usage:
         output_tokens=u.output_tokens,
         image_tokens=u.image_tokens,
         media_cache_hits=u.media_cache_hits,
+        cached_tokens=u.cached_tokens,
     )
 
 
@@ -145,19 +146,23 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             encoded = await self.encoders.encode([media[i] for i in todo], deadline)
             for i, r in zip(todo, encoded):
                 results[i] = r
+        # The encoders' media id (preprocessing + content hash) with their model fingerprint names what the
+        # embeddings are computed from: the prefix cache keys image positions by it.
+        fingerprint = self.encoders.model_fingerprint
         out = []
         for r in results:
-            if r.is_video:
-                out.append(
-                    MediaEmbedding(
-                        r.embeddings,
-                        "video",
-                        r.num_tiles,
-                        r.tokens_per_tile,
-                        num_frames=r.num_frames,
-                        cache_hit=r.cache_hit,
-                    )
+            content = f"{fingerprint}/{r.media_id}".encode() if r.media_id else b""
+            kind = "video" if r.is_video else "image"
+            frames = r.num_frames if r.is_video else 0
+            out.append(
+                MediaEmbedding(
+                    r.embeddings,
+                    kind,
+                    r.num_tiles,
+                    r.tokens_per_tile,
+                    num_frames=frames,
+                    cache_hit=r.cache_hit,
+                    content_hash=content,
                 )
-            else:
-                out.append(MediaEmbedding(r.embeddings, "image", r.num_tiles, r.tokens_per_tile, cache_hit=r.cache_hit))
+            )
         return out
