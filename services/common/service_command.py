@@ -36,6 +36,10 @@ def _run(build_config: Callable, server_type: Callable[[], type], args: argparse
 
     config = build_config(args)
     setup_logging(config.log_level)
+    if config.num_threads:  # process-wide, so only here: in-process test servers share one process
+        import torch
+
+        torch.set_num_threads(config.num_threads)
     server_cls = server_type()
 
     async def serve() -> None:

@@ -39,6 +39,9 @@ class DecoderConfig:
     dtype: str = setting(
         "auto", "auto: bfloat16 on GPU, float32 on CPU", env="INTERNVL_DTYPE", choices=("auto", *DTYPES)
     )
+    num_threads: int = setting(
+        0, "torch intra-op threads for the model (0: torch's default, one per core)", env="INTERNVL_NUM_THREADS"
+    )
     block_size: int = setting(16, "tokens per KV-cache block")
     num_kv_blocks: int | None = setting(None, "exact number of KV blocks (overrides --kv-cache-mb)", parse=int)
     kv_cache_bytes: int | None = setting(
@@ -77,6 +80,8 @@ class DecoderConfig:
 
     def __post_init__(self) -> None:
         problems = []
+        if self.num_threads < 0:
+            problems.append(f"--num-threads must be >= 0, got {self.num_threads}")
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
             problems.append(f"--block-size must be a power of two >= 1, got {self.block_size}")
         if self.num_kv_blocks is not None and self.num_kv_blocks < 1:

@@ -32,6 +32,9 @@ class EncoderConfig:
     max_batch_tiles: int = setting(32, "tiles per vision-tower batch")
     max_batch_wait_ms: float = setting(5.0, "how long a batch waits to fill")
     max_media_per_request: int = setting(16, "media items one Encode request may carry")
+    num_threads: int = setting(
+        0, "torch intra-op threads for the model (0: torch's default, one per core)", env="INTERNVL_NUM_THREADS"
+    )
     video_workers: int = setting(2, "processes that decode videos (crash-contained)")
     cache: CacheSettings = nested(CacheSettings)
     limits: MediaLimits = nested(MediaLimits)
@@ -46,6 +49,8 @@ class EncoderConfig:
 
     def __post_init__(self) -> None:
         problems = []
+        if self.num_threads < 0:
+            problems.append(f"--num-threads must be >= 0, got {self.num_threads}")
         if self.dtype not in ("auto", *DTYPES):
             problems.append(f"--dtype must be auto or one of {sorted(DTYPES)}, got {self.dtype!r}")
         for name in ("max_batch_tiles", "max_media_per_request", "video_workers"):

@@ -17,6 +17,16 @@ from internvl_serve.stack.progress import Progress, last_event, tail
 HEARTBEAT_S = 10.0  # a "still loading" line this often while models load
 
 
+def split_cores(num_cores: int) -> tuple[int, int]:
+    """(encoder, decoder) torch threads for one machine. Both services taking every core makes them
+    fight over it while images and tokens are computed together; the decoder's step is the larger share
+    of a chat's compute, so the encoder gets a quarter (at least one) and the decoder the rest."""
+    if num_cores <= 1:
+        return 1, 1
+    encoder = max(1, round(num_cores / 4))
+    return encoder, num_cores - encoder
+
+
 def describe_exit(code: int | None) -> str:
     if code is not None and code < 0:
         return f"ended by {signal.Signals(-code).name}"
@@ -49,6 +59,8 @@ class StackConfig:
     device: str | None = None  # None: the services' own default (INTERNVL_DEVICE, else auto)
     dtype: str | None = None
     log_level: str = "INFO"
+    encoder_threads: int = 0  # torch threads of each service (0: the service's default)
+    decoder_threads: int = 0
     startup_timeout_s: float = 600.0
     stop_timeout_s: float = 30.0
 
@@ -94,12 +106,10 @@ class LocalStack:
             c.log_level,
         ]
         cache = ["--redis-url", c.redis_url] if c.redis_url else []
-        self._spawn("encoder", c.encoder_port, ["--model", c.model_dir, "--host", c.host, *cache, *common])
-        self._spawn(
-            "decoder",
-            c.decoder_port,
-            ["--model", c.model_dir, "--host", c.host, "--encoder", c.encoder_address, *cache, *common],
-        )
+        encoder = ["--model", c.model_dir, "--host", c.host, "--num-threads", str(c.encoder_threads)]
+        self._spawn("encoder", c.encoder_port, [*encoder, *cache, *common])
+        decoder = ["--model", c.model_dir, "--host", c.host, "--num-threads", str(c.decoder_threads)]
+        self._spawn("decoder", c.decoder_port, [*decoder, "--encoder", c.encoder_address, *cache, *common])
         self._wait_all_healthy(should_stop)
 
     def _start_redis(self) -> None:

@@ -21,6 +21,7 @@ from internvl_serve.stack.local_stack import (
     StackConfig,
     StackFailed,
     describe_exit,
+    split_cores,
     stopped_cleanly,
 )
 from internvl_serve.stack.ports import PortError, choose_port
@@ -117,6 +118,20 @@ def add_up(sub: argparse._SubParsersAction) -> None:
         help="the services' log level (default $INTERNVL_LOG_LEVEL, else INFO)",
     )
     p.add_argument(
+        "--encoder-threads",
+        type=int,
+        default=0,
+        metavar="N",
+        help="torch threads of the encoder (default: a quarter of the cores, at least 1)",
+    )
+    p.add_argument(
+        "--decoder-threads",
+        type=int,
+        default=0,
+        metavar="N",
+        help="torch threads of the decoder (default: the cores the encoder does not take)",
+    )
+    p.add_argument(
         "--startup-timeout-s",
         type=float,
         default=600.0,
@@ -144,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
         print("internvl-serve up: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     connect_host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(args.host, args.host)
+    threads = split_cores(os.cpu_count() or 1)
+    threads = (args.encoder_threads or threads[0], args.decoder_threads or threads[1])
     config = StackConfig(
         model_dir=str(model_dir),
         host=args.host,
@@ -156,6 +173,8 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         dtype=args.dtype,
         log_level=args.log_level,
+        encoder_threads=threads[0],
+        decoder_threads=threads[1],
         startup_timeout_s=args.startup_timeout_s,
     )
     return _run_stack(config, tiny, args.ready_file, progress)

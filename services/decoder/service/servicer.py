@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 from opentelemetry import trace
 
-from internvl_serve.common.errors import Unavailable
+from internvl_serve.common.errors import ServiceError, Unavailable
 from internvl_serve.decoder.engine.engine_loop import Engine
 from internvl_serve.decoder.engine.media import MediaEmbedding
 from internvl_serve.decoder.engine.request import FinishReason, GenerationDelta, GenerationRequest, Usage
@@ -133,6 +133,16 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         deltas = engine.generate(GenerationRequest(chat, embeddings, sampling, request_id, deadline))
         return request_id, deltas
 
+    async def _encode_item(self, index: int, item, deadline: float | None):
+        """One media part; the encoder's verdict names it by its place among the request's media."""
+        try:
+            return (await self.encoders.encode([item], deadline))[0]
+        except ServiceError as exc:
+            message = str(exc)
+            if message.startswith("media[0]"):
+                raise type(exc)(f"media[{index}]{message[len('media[0]') :]}") from None
+            raise
+
     async def _encode(self, media, deadline: float | None) -> list[MediaEmbedding]:
         if not media:
             return []
@@ -143,9 +153,15 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             results = await self.media_ids.resolve(media, self.encoders.model_fingerprint)
         todo = [i for i, r in enumerate(results) if r is None]
         if todo:
-            encoded = await self.encoders.encode([media[i] for i in todo], deadline)
-            for i, r in zip(todo, encoded):
-                results[i] = r
+            # One Encode call per item, all at once: items spread over the encoder replicas (round robin)
+            # and one encoder micro-batches them together; the first error cancels the rest.
+            try:
+                async with asyncio.TaskGroup() as group:
+                    calls = {i: group.create_task(self._encode_item(i, media[i], deadline)) for i in todo}
+            except ExceptionGroup as errors:  # the first item's error is the request's answer
+                raise errors.exceptions[0] from None
+            for i, call in calls.items():
+                results[i] = call.result()
         # The encoders' media id (preprocessing + content hash) with their model fingerprint names what the
         # embeddings are computed from: the prefix cache keys image positions by it.
         fingerprint = self.encoders.model_fingerprint

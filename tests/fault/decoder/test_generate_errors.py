@@ -77,6 +77,16 @@ CASES = [
         "media[0]",
     ),
     (
+        "bad second image beside a good one",
+        pb.GenerateRequest(
+            messages=[
+                _msg("user", _img(), pb.Part(media=media_pb2.Media(image=media_pb2.Image(data=b"nope"))), _text("x"))
+            ]
+        ),
+        INVALID,
+        "media[1]",  # the items are encoded concurrently, one call each: the error still names its item
+    ),
+    (
         "prompt longer than the context",
         pb.GenerateRequest(messages=[_msg("user", _text("word " * 2000))]),
         INVALID,
