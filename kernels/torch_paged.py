@@ -60,17 +60,22 @@ def decode_attention_torch(
 ) -> torch.Tensor:
     """q [B, Hq, D] (each sequence's last position) over its seq_lens[i] cached keys; seq_len 0 gives zeros.
 
-    One fused SDPA call per sequence over exactly its own keys: on a CPU this beats gathering the whole
-    batch to its longest sequence (measured ~4x on 32 sequences of 300-1800 tokens)."""
+    Per sequence, over exactly its own keys (on a CPU this beats gathering the whole batch to its longest
+    sequence: ~4x on 32 sequences of 300-1800 tokens): the GQA group of each KV head as one [G, D] x [D, L]
+    product, softmax in fp32, then x [L, D]. For a single query these two bmm calls take about half the
+    time of SDPA's fused CPU kernel (45 vs 86 us at 700 keys, 84 vs 181 us at 2000; 10/2 heads, D 64)."""
     blocks = blocks or SequenceBlocks.of(seq_lens, block_tables, k_cache.shape[1])
+    num_kv_heads, head_dim = k_cache.shape[2], q.shape[-1]
+    group = q.shape[1] // num_kv_heads
     out = torch.zeros_like(q)
     for i, seq_len in enumerate(blocks.lengths):
         if seq_len == 0:
             continue
-        k = blocks.keys(k_cache, i)  # [Hkv, L, D]
-        v = blocks.keys(v_cache, i)
-        qi = q[i][:, None, :]  # [Hq, 1, D]
-        out[i] = F.scaled_dot_product_attention(qi, k.to(q.dtype), v.to(q.dtype), scale=scale, enable_gqa=True)[:, 0]
+        k = blocks.keys(k_cache, i).to(q.dtype)  # [Hkv, L, D]
+        v = blocks.keys(v_cache, i).to(q.dtype)
+        qi = q[i].view(num_kv_heads, group, head_dim) * scale  # heads h*G..h*G+G-1 share KV head h
+        probs = torch.bmm(qi, k.transpose(1, 2)).float().softmax(dim=-1).to(q.dtype)  # [Hkv, G, L]
+        out[i] = torch.bmm(probs, v).view(-1, head_dim)
     return out
 
 

@@ -9,8 +9,11 @@ default is never repeated in argparse.
         limits: Limits = nested(Limits)          # a nested settings dataclass, flags of its own
 
 A flag's value may be in another unit than the field (`scale`: `--max-image-mb 32` sets 32 MiB of bytes)
-or parsed by a function (`parse`: "a,b" -> ("a", "b")). A field without a setting() (or nested()) has no
-flag and keeps its default.
+or parsed by a function (`parse`: "a,b" -> ("a", "b")); `parse` is the flag's argparse type, so bad text is
+a usage error naming the flag. With `scale`, the flag's text is a float (or what `parse` makes of it) in the
+flag's unit, multiplied by `scale` into the field's. A bool setting is a switch: a False default gets
+`--x` (turns it on), a True default must have a `--no-x` flag (turns it off). A field without a setting()
+(or nested()) has no flag and keeps its default.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ class Setting:
     flag: str | None = None  # default: --field-name
     env: str | None = None  # an environment variable that overrides the default
     scale: float | None = None  # field value = flag value * scale (flag in MiB, field in bytes)
-    parse: Callable[[str], Any] | None = None  # flag text -> field value
+    parse: Callable[[str], Any] | None = None  # flag text -> flag value (the field's, unless `scale`)
     choices: tuple[str, ...] | None = None
 
 
@@ -101,13 +104,15 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, env: Mappin
         dest = _dest(f, spec)
         shown = default
         if spec.env and spec.env in env:
-            shown = _from_text(env[spec.env], default, spec, scaled=True)
+            shown = _from_text(env[spec.env], default, spec)
         if isinstance(default, bool):  # a switch: --x turns on a False default, --no-x off a True one
+            if default and not flag.startswith("--no-"):
+                raise ValueError(f"{cls.__name__}.{f.name} defaults to True: its flag must be --no-..., not {flag}")
             action = "store_false" if default else "store_true"
             parser.add_argument(flag, dest=dest, action=action, default=shown, help=spec.help)
             continue
         if shown is not MISSING and shown is not None and spec.scale:
-            shown = shown / spec.scale
+            shown = shown / spec.scale  # in the flag's unit
         if isinstance(shown, tuple):
             shown = ",".join(shown)
         kwargs: dict[str, Any] = {"dest": dest, "help": _help(spec, shown)}
@@ -117,10 +122,17 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, env: Mappin
             kwargs["default"] = shown
         if spec.choices:
             kwargs["choices"] = list(spec.choices)
-        kind = float if spec.scale else _type_of(default)
-        if kind is not None and spec.parse is None:
-            kwargs["type"] = kind
+        kind = _flag_type(spec, default)
+        if kind is not None:
+            kwargs["type"] = kind  # bad text: "argument --x: invalid ... value", exit 2
         parser.add_argument(flag, **kwargs)
+
+
+def _flag_type(spec: Setting, default: Any) -> Callable[[str], Any] | None:
+    """Flag text -> value in the flag's unit (None: the text itself)."""
+    if spec.parse is not None:
+        return spec.parse
+    return float if spec.scale else _type_of(default)
 
 
 def _help(spec: Setting, shown: Any) -> str:
@@ -129,15 +141,16 @@ def _help(spec: Setting, shown: Any) -> str:
     return f"{spec.help} (default: {shown:g})" if isinstance(shown, float) else f"{spec.help} (default: {shown})"
 
 
-def _from_text(text: str, default: Any, spec: Setting, scaled: bool = False) -> Any:
-    """An environment value as the flag would take it (scaled=True: in the field's unit)."""
-    if spec.parse is not None:
-        return spec.parse(text)
-    if isinstance(default, bool):
+def _from_text(text: str, default: Any, spec: Setting) -> Any:
+    """An environment value as the flag would take it, in the field's unit."""
+    if isinstance(default, bool) and spec.parse is None:
         return text.strip().lower() in ("1", "true", "yes", "on")
-    kind = float if spec.scale else _type_of(default)
-    value = kind(text) if kind is not None else text
-    return value * spec.scale if scaled and spec.scale else value
+    kind = _flag_type(spec, default)
+    try:
+        value = kind(text) if kind is not None else text
+    except ValueError as exc:
+        raise ValueError(f"{spec.env}={text!r}: {exc}") from None
+    return value * spec.scale if spec.scale and value is not None else value
 
 
 def config_from_args(cls: type, args: argparse.Namespace, overrides: Mapping[str, Any] | None = None, **extra: Any):
@@ -148,9 +161,7 @@ def config_from_args(cls: type, args: argparse.Namespace, overrides: Mapping[str
         if isinstance(spec, Nested):
             values[f.name] = config_from_args(spec.cls, args, spec.defaults)
         elif isinstance(spec, Setting):
-            raw = getattr(args, _dest(f, spec))
-            if isinstance(raw, str) and spec.parse is not None:
-                raw = spec.parse(raw)
+            raw = getattr(args, _dest(f, spec))  # argparse applied the flag's type (string defaults too)
             if spec.scale and raw is not None:
                 raw = _scaled(f, raw * spec.scale)
             values[f.name] = raw
@@ -177,3 +188,9 @@ def field_default(cls: type, name: str) -> Any:
     if value is MISSING:
         raise ValueError(f"{cls.__name__}.{name} has no default")
     return value
+
+
+def field_env(cls: type, name: str) -> str | None:
+    """The environment variable that overrides the default of `cls.name` (None: it has none)."""
+    spec = next(f for f in dataclasses.fields(cls) if f.name == name).metadata.get(_KEY)
+    return spec.env if isinstance(spec, Setting) else None

@@ -21,20 +21,31 @@ def add_service_command(
     build_config: Callable[[argparse.Namespace], Any],
     server_type: Callable[[], type],
 ) -> argparse.ArgumentParser:
-    """`config_type` and `server_type` are called late, so `internvl-serve --help` imports no torch."""
+    """The service's modules are imported late (`config_type` when the parser is built, `server_type` when the
+    command runs), so importing this module, or a service's cli module, is cheap."""
     from internvl_serve.common.config_fields import add_config_arguments
 
     parser = sub.add_parser(name, help=help, description=description)
     add_config_arguments(parser, config_type())
-    parser.set_defaults(run=functools.partial(_run, build_config, server_type))
+    parser.set_defaults(run=functools.partial(_run, build_config, server_type, parser=parser))
     return parser
 
 
-def _run(build_config: Callable, server_type: Callable[[], type], args: argparse.Namespace) -> int:
+def _run(
+    build_config: Callable,
+    server_type: Callable[[], type],
+    args: argparse.Namespace,
+    *,
+    parser: argparse.ArgumentParser,
+) -> int:
+    """`parser`: the subcommand's, so a config that fails validation is a usage error (exit 2)."""
     from internvl_serve.common.grpc_server import serve_until_signal
     from internvl_serve.common.logs import setup_logging
 
-    config = build_config(args)
+    try:
+        config = build_config(args)
+    except ValueError as exc:  # the config's validation: "internvl-serve encoder: error: ...", exit 2
+        parser.error(str(exc))
     setup_logging(config.log_level)
     if config.num_threads:  # process-wide, so only here: in-process test servers share one process
         import torch

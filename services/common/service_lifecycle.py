@@ -48,20 +48,35 @@ class ServiceServer:
         try:
             await self.load()
         except BaseException:  # a bad checkpoint: release the port and what was built, then report it
-            await self.server.stop(0)
-            await self.close()
+            try:
+                await self.server.stop(0)
+                await self.close()
+            finally:
+                await self._shutdown_telemetry()
             raise
         await self.health.set(True)
         log_event(self.log, f"{self.kind}_serving", host=self.config.host, port=self.port, **self.serving_fields())
 
     async def stop(self, grace_s: float | None = None) -> None:
+        """Close and the telemetry flush run, and `*_stopped` is logged, even if a step before them raised
+        (the error then propagates)."""
         self.draining.set()
-        await self.health.set(False)
-        await self.drain(self.config.grace_s if grace_s is None else grace_s)
-        await self.close()
+        try:
+            await self.health.set(False)
+            await self.drain(self.config.grace_s if grace_s is None else grace_s)
+        except BaseException:
+            await self.server.stop(0)  # a failed drain still releases the port
+            raise
+        finally:
+            try:
+                await self.close()
+            finally:
+                await self._shutdown_telemetry()
+                log_event(self.log, f"{self.kind}_stopped", port=self.port)
+
+    async def _shutdown_telemetry(self) -> None:
         if self._owns_telemetry:
             await asyncio.to_thread(self.telemetry.shutdown)  # export what is buffered before the process ends
-        log_event(self.log, f"{self.kind}_stopped", port=self.port)
 
     # ---- what each service fills in ---------------------------------------------------------------------
 

@@ -11,10 +11,22 @@ import torch
 
 from internvl_serve.common.config_fields import add_config_arguments, comma_list, config_from_args, nested, setting
 from internvl_serve.common.embedding_cache import CacheSettings
-from internvl_serve.common.placement import DTYPES, resolve_device, resolve_dtype
+from internvl_serve.common.placement import resolve_device, resolve_dtype
+from internvl_serve.common.service_settings import (
+    MiB,
+    common_problems,
+    device_setting,
+    dtype_setting,
+    grace_setting,
+    host_setting,
+    log_level_setting,
+    max_receive_setting,
+    max_send_setting,
+    model_setting,
+    num_threads_setting,
+)
 from internvl_serve.common.telemetry import DECODER_SERVICE, TelemetrySettings
 
-MiB = 1024 * 1024
 DEFAULT_CPU_KV_CACHE_BYTES = 512 * MiB
 
 
@@ -27,21 +39,25 @@ class DecoderConfig:
     CPU `DEFAULT_CPU_KV_CACHE_BYTES`.
     """
 
-    model: str = setting(help="checkpoint directory or hub id (-hf format)")
+    model: str = model_setting()
     port: int = setting(50052, "0 picks a free port", env="INTERNVL_DECODER_PORT")
-    host: str = setting("127.0.0.1", "address to listen on (0.0.0.0 in containers)", env="INTERNVL_HOST")
+    host: str = host_setting()
     encoders: tuple[str, ...] = setting(
         (), "vision encoders, HOST:PORT[,HOST:PORT...]", flag="--encoder", env="INTERNVL_ENCODERS", parse=comma_list
     )
+    # Calls to the encoders: a reply carries the embeddings of one media item (tens of MiB for big models).
+    max_encoder_reply_bytes: int = setting(
+        1024 * MiB, "largest Encode reply accepted from an encoder, in MiB", flag="--max-encoder-reply-mb", scale=MiB
+    )
+    encoder_attempts: int = setting(
+        3, "Encode attempts per media item, retrying on UNAVAILABLE; at least one per encoder address"
+    )
+    encoder_backoff_s: float = setting(0.1, "pause before the second Encode attempt, doubled before each later one")
     # The encoders' embedding cache: media_id parts are read from it directly (cache.url, --redis-url).
     cache: CacheSettings = nested(CacheSettings)
-    device: str = setting("auto", "auto (cuda when available), cpu, cuda, cuda:N", env="INTERNVL_DEVICE")
-    dtype: str = setting(
-        "auto", "auto: bfloat16 on GPU, float32 on CPU", env="INTERNVL_DTYPE", choices=("auto", *DTYPES)
-    )
-    num_threads: int = setting(
-        0, "torch intra-op threads for the model (0: torch's default, one per core)", env="INTERNVL_NUM_THREADS"
-    )
+    device: str = device_setting()
+    dtype: str = dtype_setting()
+    num_threads: int = num_threads_setting()
     block_size: int = setting(16, "tokens per KV-cache block")
     num_kv_blocks: int | None = setting(None, "exact number of KV blocks (overrides --kv-cache-mb)", parse=int)
     kv_cache_bytes: int | None = setting(
@@ -49,7 +65,6 @@ class DecoderConfig:
         "KV-cache budget in MiB (default: CUDA --gpu-memory-fraction of the device, CPU 512)",
         flag="--kv-cache-mb",
         scale=MiB,
-        parse=float,
     )
     gpu_memory_fraction: float = setting(
         0.90, "CUDA without --kv-cache-mb: share of device memory for weights, activations and KV cache"
@@ -70,18 +85,20 @@ class DecoderConfig:
         None, "prompt + generated tokens (default and maximum: the model's max_position_embeddings)", parse=int
     )
     # Requests carry media bytes (up to 16 items); replies are text.
-    max_receive_bytes: int = setting(
-        512 * MiB, "largest gRPC request accepted, in MiB", flag="--max-receive-mb", scale=MiB
-    )
-    max_send_bytes: int = setting(64 * MiB, "largest gRPC reply sent, in MiB", flag="--max-send-mb", scale=MiB)
-    grace_s: float = setting(10.0, "SIGTERM: time in-flight requests get to finish")
-    log_level: str = setting("INFO", "log level", env="INTERNVL_LOG_LEVEL")
+    max_receive_bytes: int = max_receive_setting(512 * MiB)
+    max_send_bytes: int = max_send_setting(64 * MiB)
+    grace_s: float = grace_setting()
+    log_level: str = log_level_setting()
     telemetry: TelemetrySettings = TelemetrySettings.off(DECODER_SERVICE)  # from the OTEL_* environment
 
     def __post_init__(self) -> None:
-        problems = []
-        if self.num_threads < 0:
-            problems.append(f"--num-threads must be >= 0, got {self.num_threads}")
+        problems = common_problems(self)
+        if self.max_encoder_reply_bytes < 1:
+            problems.append("--max-encoder-reply-mb must be > 0")
+        if self.encoder_attempts < 1:
+            problems.append(f"--encoder-attempts must be >= 1, got {self.encoder_attempts}")
+        if self.encoder_backoff_s < 0:
+            problems.append(f"--encoder-backoff-s must be >= 0, got {self.encoder_backoff_s}")
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
             problems.append(f"--block-size must be a power of two >= 1, got {self.block_size}")
         if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
@@ -105,10 +122,6 @@ class DecoderConfig:
             problems.append(f"--max-media-per-request must be >= 0, got {self.max_media_per_request}")
         if self.max_context_len is not None and self.max_context_len < 2:
             problems.append(f"--max-context-len must be >= 2, got {self.max_context_len}")
-        if self.dtype not in ("auto", *DTYPES):
-            problems.append(f"--dtype must be auto or one of {sorted(DTYPES)}, got {self.dtype!r}")
-        if self.max_receive_bytes < 1 or self.max_send_bytes < 1:
-            problems.append("--max-receive-mb and --max-send-mb must be > 0")
         problems += self.cache.problems()
         if problems:
             raise ValueError("; ".join(problems))

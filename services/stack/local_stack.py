@@ -58,7 +58,7 @@ class StackConfig:
     redis_maxmemory: str = "1gb"
     device: str | None = None  # None: the services' own default (INTERNVL_DEVICE, else auto)
     dtype: str | None = None
-    log_level: str = "INFO"
+    log_level: str | None = None  # None: the services' own default (INTERNVL_LOG_LEVEL, else theirs)
     encoder_threads: int = 0  # torch threads of each service (0: the service's default)
     decoder_threads: int = 0
     startup_timeout_s: float = 600.0
@@ -102,8 +102,7 @@ class LocalStack:
         common = [
             *(["--device", c.device] if c.device else []),
             *(["--dtype", c.dtype] if c.dtype else []),
-            "--log-level",
-            c.log_level,
+            *(["--log-level", c.log_level] if c.log_level else []),
         ]
         cache = ["--redis-url", c.redis_url] if c.redis_url else []
         encoder = ["--model", c.model_dir, "--host", c.host, "--num-threads", str(c.encoder_threads)]

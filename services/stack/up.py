@@ -12,7 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from internvl_serve.common.config_fields import field_default
+from internvl_serve.common.config_fields import field_default, field_env
+from internvl_serve.common.placement import DTYPES
 from internvl_serve.decoder.config import DecoderConfig
 from internvl_serve.encoder.config import EncoderConfig
 from internvl_serve.stack.local_stack import (
@@ -32,6 +33,8 @@ from internvl_serve.stack.progress import Progress
 DEFAULT_DECODER_PORT = field_default(DecoderConfig, "port")
 DEFAULT_ENCODER_PORT = field_default(EncoderConfig, "port")
 DEFAULT_REDIS_PORT = 6379
+DEFAULT_HOST = field_default(DecoderConfig, "host")
+DEFAULT_LOG_LEVEL = field_default(DecoderConfig, "log_level")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEMO_PROMPT = "Describe this image."
 
@@ -44,8 +47,16 @@ def serve_home() -> Path:
     return Path(os.environ.get("INTERNVL_SERVE_HOME", Path.home() / ".cache" / "internvl-serve"))
 
 
+def _service_default(name: str) -> str:
+    """A setting both services share, as they would take it: their environment variable, else their default."""
+    env, default = field_env(DecoderConfig, name), field_default(DecoderConfig, name)
+    return os.environ.get(env, default) if env else default
+
+
 def add_up(sub: argparse._SubParsersAction) -> None:
-    env = os.environ.get
+    log_level_env = field_env(DecoderConfig, "log_level")
+    max_memory = field_default(StackConfig, "redis_maxmemory")
+    startup_timeout_s = field_default(StackConfig, "startup_timeout_s")
     p = sub.add_parser(
         "up",
         help="run the whole stack on this machine: redis-server, one encoder, one decoder",
@@ -58,8 +69,8 @@ def add_up(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="checkpoint directory or hub id (-hf format); default: the embedded tiny checkpoint")
     p.add_argument(
         "--host",
-        default=env("INTERNVL_HOST", "127.0.0.1"),
-        help="address the encoder and decoder listen on (default 127.0.0.1; 0.0.0.0 for every interface)",
+        default=_service_default("host"),
+        help=f"address the encoder and decoder listen on (default {DEFAULT_HOST}; 0.0.0.0 for every interface)",
     )
     p.add_argument(
         "--port",
@@ -84,9 +95,9 @@ def add_up(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--redis-maxmemory",
-        default="1gb",
+        default=max_memory,
         metavar="SIZE",
-        help="redis memory cap; the least recently used embeddings are evicted past it (default 1gb)",
+        help=f"redis memory cap; the least recently used embeddings are evicted past it (default {max_memory})",
     )
     p.add_argument("--no-redis", action="store_true", help="run without redis-server (no embedding cache)")
     p.add_argument(
@@ -108,14 +119,14 @@ def add_up(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--dtype",
         default=None,
-        choices=["auto", "float32", "float16", "bfloat16"],
+        choices=["auto", *DTYPES],
         help="passed to both services (default auto: bfloat16 on GPU, float32 on CPU)",
     )
     p.add_argument(
         "--log-level",
-        default=env("INTERNVL_LOG_LEVEL", "INFO"),
+        default=_service_default("log_level"),
         metavar="LEVEL",
-        help="the services' log level (default $INTERNVL_LOG_LEVEL, else INFO)",
+        help=f"the services' log level (default ${log_level_env}, else {DEFAULT_LOG_LEVEL})",
     )
     p.add_argument(
         "--encoder-threads",
@@ -134,9 +145,9 @@ def add_up(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--startup-timeout-s",
         type=float,
-        default=600.0,
+        default=startup_timeout_s,
         metavar="SECONDS",
-        help="give up when the services are not healthy after this long (default 600)",
+        help=f"give up when the services are not healthy after this long (default {startup_timeout_s:g})",
     )
     p.set_defaults(run=run)
 

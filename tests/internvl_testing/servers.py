@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +18,7 @@ class ServerThread:
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self.server: Any = None
+        self._stopping: Any = None  # the future of stop_soon()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, daemon=True, name="test-server")
         self._thread.start()
@@ -48,8 +50,15 @@ class ServerThread:
     def call(self, coro_fn: Callable[[], Any], timeout: float = 60.0) -> Any:
         return asyncio.run_coroutine_threadsafe(coro_fn(), self._loop).result(timeout)
 
+    def stop_soon(self, grace_s: float) -> concurrent.futures.Future:
+        """Start `server.stop(grace_s)` on the server's loop and return at once; close() then only ends the loop."""
+        self._stopping = asyncio.run_coroutine_threadsafe(self.server.stop(grace_s), self._loop)
+        return self._stopping
+
     def close(self, grace_s: float = 1.0) -> None:
-        if self.server is not None and self._error is None:
+        if self._stopping is not None:
+            self._stopping.result(60)
+        elif self.server is not None and self._error is None:
             self.call(lambda: self.server.stop(grace_s))
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=30)

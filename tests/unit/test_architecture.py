@@ -16,6 +16,8 @@ Rules:
 - nothing under services/ imports internvl_serve.clients;
 - the decoder's engine core (services/decoder/engine/) imports neither the decoder's gRPC service
   (internvl_serve.decoder.service), nor the generated stubs (internvl_serve.pb), nor grpc;
+- the decoder's gRPC service (services/decoder/service/) uses only the engine's public API: it imports
+  internvl_serve.decoder.engine and the names in its __all__, never a submodule of it;
 - no source file under services/, kernels/, clients/, benchmarks/ or scripts/ is over 400 lines.
 """
 
@@ -111,10 +113,16 @@ class Rule:
     why: str
     forbidden: tuple[str, ...] = ()  # these names (and everything below them)
     allowed_ours: tuple[str, ...] | None = None  # if set: of internvl_serve.*, only these (and below)
+    public_only: tuple[str, ...] = ()  # packages imported only as themselves or the names in their __all__
 
     def breaks(self, imp: Import) -> bool:
         if any(_matches(imp.name, f) for f in self.forbidden):
             return True
+        for package in self.public_only:
+            if _matches(imp.name, package) and imp.name != package:
+                head = imp.name[len(package) + 1 :].split(".")[0]
+                if head not in public_names(package) or imp.name != f"{package}.{head}":
+                    return True
         if self.allowed_ours is not None and _matches(imp.name, ROOT):
             return not any(_matches(imp.name, a) for a in self.allowed_ours)
         return False
@@ -140,7 +148,23 @@ RULES = (
         "the engine core knows nothing of gRPC or the decoder's service",
         forbidden=(f"{ROOT}.decoder.service", f"{ROOT}.pb", "grpc"),
     ),
+    Rule(
+        "services/decoder/service",
+        "the decoder's service uses only the engine's public API (internvl_serve.decoder.engine's __all__)",
+        public_only=(f"{ROOT}.decoder.engine",),
+    ),
 )
+
+
+def public_names(package: str) -> frozenset[str]:
+    """The `__all__` of one of our packages, read from its __init__.py in the tree."""
+    folder = next(f for f, pkg in PACKAGES.items() if _matches(package, pkg))
+    rel = package[len(PACKAGES[folder]) :].lstrip(".").replace(".", "/")
+    init = REPO / folder / rel / "__init__.py"
+    for node in ast.parse(init.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets):
+            return frozenset(ast.literal_eval(node.value))
+    raise AssertionError(f"{init} has no __all__: the rule on {package}'s public API cannot be checked")
 
 
 def violations(path: str, source: str) -> list[str]:
@@ -222,6 +246,14 @@ def test_relative_and_nested_imports_are_resolved():
         ("services/decoder/engine/fake.py", "from internvl_serve.pb.internvl.v1 import media_pb2\n", "pb"),
         ("services/decoder/engine/fake.py", "from ..service.servicer import S\n", "internvl_serve.decoder.service"),
         ("services/decoder/engine/fake.py", "importlib.import_module('grpc')\n", "grpc"),
+        ("services/decoder/service/fake.py", "from ..engine import engine_loop\n", "public API"),
+        (
+            "services/decoder/service/fake.py",
+            "from internvl_serve.decoder.engine.request import Usage\n",
+            "internvl_serve.decoder.engine.request.Usage",
+        ),
+        ("services/decoder/service/fake.py", "import internvl_serve.decoder.engine.scheduler\n", "public API"),
+        ("services/decoder/service/fake.py", "from internvl_serve.decoder.engine.Engine import x\n", "public API"),
         ("scripts/fake.sh", "echo\n" * (MAX_LINES + 1), f"{MAX_LINES + 1} lines"),
     ],
 )
@@ -237,7 +269,9 @@ def test_the_checker_reports_a_violation(path, source, expected):
         ("clients/fake.py", "from internvl_serve.pb.internvl.v1 import media_pb2\nfrom . import errors\nimport grpc\n"),
         ("services/encoder/fake.py", "from internvl_serve.common.logs import log_event\nfrom ..kernels import api\n"),
         ("services/stack/fake.py", "print('from internvl_serve.clients import InternVLClient')\n"),  # a string only
-        ("services/decoder/service/fake.py", "import grpc\nfrom ..engine import engine_loop\n"),
+        ("services/decoder/service/fake.py", "import grpc\nfrom ..engine import Engine, SamplingParams\n"),
+        ("services/decoder/service/fake.py", "import internvl_serve.decoder.engine as engine\n"),
+        ("services/decoder/service/fake.py", "from internvl_serve.decoder.config import DecoderConfig\n"),
         ("services/decoder/engine/fake.py", "from .scheduler import S\nfrom internvl_serve.kernels import api\n"),
         ("benchmarks/fake.py", "import internvl_serve.clients\n" * MAX_LINES),
     ],

@@ -14,6 +14,7 @@ from transformers.activations import ACT2FN
 from internvl_serve.checkpoint import Checkpoint, CheckpointError, assign
 from internvl_serve.common.layers import RMSNorm
 from internvl_serve.decoder.engine.attention import AttentionMetadata, paged_attention
+from internvl_serve.decoder.engine.cpu_linear import use_input_major_linears
 
 # RoPE types whose frequencies do not depend on the sequence length up to max_position_embeddings
 # ("dynamic" NTK scaling only changes them beyond it, and longer contexts are refused).
@@ -168,7 +169,13 @@ class Qwen2ForCausalLM(nn.Module):
             assign(model.lm_head, state, "lm_head.")
         else:  # tied: transformers built no separate lm_head parameter, so the checkpoint has none
             model.lm_head.weight = model.language_model.embed_tokens.weight
-        return model.to(dtype).eval()
+        model = model.to(dtype).eval()
+        if torch.device(device).type == "cpu":
+            # Small-batch GEMMs are far faster with [in, out] weights on the CPU (cpu_linear.py); a tied
+            # lm_head keeps sharing the embedding table instead of taking a transposed copy.
+            tied = model.lm_head.weight is model.language_model.embed_tokens.weight
+            use_input_major_linears(model, skip=(model.lm_head,) if tied else ())
+        return model
 
     @classmethod
     def from_checkpoint(cls, ckpt: Checkpoint, dtype=torch.float32, device="cpu") -> "Qwen2ForCausalLM":

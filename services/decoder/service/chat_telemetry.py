@@ -16,8 +16,7 @@ from opentelemetry import trace
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.trace import SpanKind
 
-from internvl_serve.decoder.engine.request import GenerationDelta
-from internvl_serve.decoder.engine.sampling_params import SamplingParams
+from internvl_serve.decoder.engine import GenerationDelta, SamplingParams
 
 PROVIDER = "internvl-serve"
 _LATENCY_BUCKETS = [0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 30.0]

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from opentelemetry import trace
 
+from internvl_serve.common.config_fields import field_default
 from internvl_serve.common.errors import (
     DeadlineExceeded,
     InvalidArgument,
@@ -27,11 +28,12 @@ from internvl_serve.common.errors import (
 )
 from internvl_serve.common.logs import log_event
 from internvl_serve.common.outbound_span import outbound_span
+from internvl_serve.decoder.config import DecoderConfig
 from internvl_serve.pb.internvl.v1 import media_pb2
 from internvl_serve.pb.internvl.v1 import vision_encoder_service_pb2 as pb
 from internvl_serve.pb.internvl.v1 import vision_encoder_service_pb2_grpc as pb_grpc
 
-log = logging.getLogger("internvl_serve.decoder.encoder_client")
+log = logging.getLogger("internvl_serve.decoder.service.encoder_client")
 ENCODE = "internvl.v1.VisionEncoderService/Encode"
 
 _PASS_THROUGH = {
@@ -85,12 +87,14 @@ class EncoderClient:
         self,
         addresses: list[str],
         *,
-        attempts: int = 3,
-        backoff_s: float = 0.1,
-        max_message_bytes: int = 1024 << 20,
+        attempts: int = field_default(DecoderConfig, "encoder_attempts"),
+        backoff_s: float = field_default(DecoderConfig, "encoder_backoff_s"),
+        max_message_bytes: int = field_default(DecoderConfig, "max_encoder_reply_bytes"),
         tracer=None,
     ):
-        """`tracer`: for the CLIENT spans (default: the global tracer provider's)."""
+        """`attempts`, `backoff_s`, `max_message_bytes`: the decoder's --encoder-attempts, --encoder-backoff-s
+        and --max-encoder-reply-mb (DecoderConfig's defaults). `tracer`: for the CLIENT spans (default: the
+        global tracer provider's)."""
         if not addresses:
             raise ValueError("at least one encoder address (HOST:PORT) is needed")
         self.addresses = addresses

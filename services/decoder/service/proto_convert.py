@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from internvl_serve.common.errors import InvalidArgument
-from internvl_serve.decoder.engine.sampling_params import SamplingParams
+from internvl_serve.decoder.engine import SamplingParams
 from internvl_serve.pb.internvl.v1 import generation_service_pb2 as pb
 from internvl_serve.pb.internvl.v1 import media_pb2
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from internvl_serve.common.logs import log_event
@@ -24,7 +25,17 @@ class DecoderServer(ServiceServer):
     def __init__(self, config: DecoderConfig, telemetry: Telemetry | None = None):
         super().__init__(config, [SERVICE_NAME], telemetry)
         tracer = self.telemetry.tracer(self.scope)
-        self.encoders = EncoderClient(list(config.encoders), tracer=tracer) if config.encoders else None
+        self.encoders = (
+            EncoderClient(
+                list(config.encoders),
+                attempts=config.encoder_attempts,
+                backoff_s=config.encoder_backoff_s,
+                max_message_bytes=config.max_encoder_reply_bytes,
+                tracer=tracer,
+            )
+            if config.encoders
+            else None
+        )
         self.engine: Engine | None = None
         metrics = DecoderMetrics(self.telemetry.meter(self.scope), lambda: self.engine)
         self.media_ids = MediaIdLookup(config.cache) if config.cache.url and self.encoders else None
@@ -49,11 +60,23 @@ class DecoderServer(ServiceServer):
         return {"encoders": list(self.config.encoders), "kv_blocks": self.engine.num_total_blocks}
 
     async def drain(self, grace_s: float) -> None:
-        """In-flight generations get the grace period (gRPC's own grace would cut long streams short)."""
-        if self.engine is not None:
-            finished = await self.engine.wait_idle(grace_s)
-            log_event(self.log, "decoder_draining", finished_in_grace=finished)
-        await self.server.stop(0 if self.engine is None else 1.0)
+        """In-flight calls get the grace period (gRPC's own grace would cut long streams short): a call still
+        encoding its media is not in the engine yet, so both the servicer's calls and the engine must be done."""
+        if self.engine is None:
+            await self.server.stop(0)
+            return
+        finished = await self._wait_quiet(grace_s)
+        log_event(self.log, "decoder_draining", finished_in_grace=finished)
+        await self.server.stop(1.0)
+
+    async def _wait_quiet(self, timeout_s: float) -> bool:
+        """Until no call is in flight and the engine is idle; False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while self.servicer.in_flight or not await self.engine.wait_idle(0):
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
 
     async def close(self) -> None:
         if self.engine is not None:

@@ -12,9 +12,14 @@ from collections.abc import AsyncIterator
 from opentelemetry import trace
 
 from internvl_serve.common.errors import ServiceError, Unavailable
-from internvl_serve.decoder.engine.engine_loop import Engine
-from internvl_serve.decoder.engine.media import MediaEmbedding
-from internvl_serve.decoder.engine.request import FinishReason, GenerationDelta, GenerationRequest, Usage
+from internvl_serve.decoder.engine import (
+    Engine,
+    FinishReason,
+    GenerationDelta,
+    GenerationRequest,
+    MediaEmbedding,
+    Usage,
+)
 from internvl_serve.decoder.service.chat_telemetry import ChatTrace, DecoderMetrics
 from internvl_serve.decoder.service.encoder_client import EncoderClient
 from internvl_serve.decoder.service.media_ids import MediaIdLookup
@@ -62,6 +67,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         self.tracer = tracer or trace.NoOpTracer()
         self.metrics = metrics
         self.capture_content = capture_content  # prompt/completion text on spans (opt-in)
+        self.in_flight = 0  # Generate/GenerateStream calls not yet finished (encoding media included)
 
     def _trace(self, stream: bool) -> ChatTrace:
         return ChatTrace(
@@ -70,20 +76,24 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
 
     async def Generate(self, request: pb.GenerateRequest, context) -> pb.GenerateResponse:
         chat_trace = self._trace(stream=False)
-        with chat_trace.start() as span:
-            try:
-                request_id, deltas = await self._start(request, context, chat_trace, span)
-                text, ids, last = [], [], None
-                async with contextlib.aclosing(deltas):
-                    async for delta in deltas:
-                        chat_trace.delta(delta)
-                        text.append(delta.text)
-                        ids += delta.token_ids
-                        last = delta
-            except BaseException as exc:
-                chat_trace.end(exc)
-                raise
-            chat_trace.end()
+        self.in_flight += 1
+        try:
+            with chat_trace.start() as span:
+                try:
+                    request_id, deltas = await self._start(request, context, chat_trace, span)
+                    text, ids, last = [], [], None
+                    async with contextlib.aclosing(deltas):
+                        async for delta in deltas:
+                            chat_trace.delta(delta)
+                            text.append(delta.text)
+                            ids += delta.token_ids
+                            last = delta
+                except BaseException as exc:
+                    chat_trace.end(exc)
+                    raise
+                chat_trace.end()
+        finally:
+            self.in_flight -= 1
         return pb.GenerateResponse(
             text="".join(text),
             token_ids=ids,
@@ -97,23 +107,30 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         self, request: pb.GenerateStreamRequest, context
     ) -> AsyncIterator[pb.GenerateStreamResponse]:
         chat_trace = self._trace(stream=True)
-        with chat_trace.start() as span:
-            try:
-                request_id, deltas = await self._start(request, context, chat_trace, span)
-                async with contextlib.aclosing(deltas):
-                    async for delta in deltas:
-                        chat_trace.delta(delta)
-                        msg = pb.GenerateStreamResponse(
-                            text=delta.text, token_ids=delta.token_ids, request_id=request_id, model=self.model_name
-                        )
-                        if delta.finished:
-                            msg.finish_reason = _FINISH[delta.finish_reason]
-                            msg.usage.CopyFrom(_usage(delta.usage))
-                            chat_trace.end()  # before the last message goes out: the client may close at once
-                        yield msg
-            except BaseException as exc:
-                chat_trace.end(exc)
-                raise
+        self.in_flight += 1
+        try:
+            with chat_trace.start() as span:
+                try:
+                    request_id, deltas = await self._start(request, context, chat_trace, span)
+                    async with contextlib.aclosing(deltas):
+                        async for delta in deltas:
+                            chat_trace.delta(delta)
+                            msg = pb.GenerateStreamResponse(
+                                text=delta.text,
+                                token_ids=delta.token_ids,
+                                request_id=request_id,
+                                model=self.model_name,
+                            )
+                            if delta.finished:
+                                msg.finish_reason = _FINISH[delta.finish_reason]
+                                msg.usage.CopyFrom(_usage(delta.usage))
+                                chat_trace.end()  # before the last message goes out: the client may close at once
+                            yield msg
+                except BaseException as exc:
+                    chat_trace.end(exc)
+                    raise
+        finally:
+            self.in_flight -= 1
 
     async def _start(self, request, context, chat_trace: ChatTrace, span) -> tuple[str, AsyncIterator[GenerationDelta]]:
         if self.draining.is_set():

@@ -44,6 +44,13 @@ def test_flags_reach_the_config():
     assert parse().encoders == () and parse().block_size == 16 and parse().default_max_new_tokens == 256
 
 
+def test_the_encoder_client_settings_reach_the_config():
+    c = parse("--max-encoder-reply-mb", "256", "--encoder-attempts", "5", "--encoder-backoff-s", "0.5")
+    assert (c.max_encoder_reply_bytes, c.encoder_attempts, c.encoder_backoff_s) == (256 * MiB, 5, 0.5)
+    d = parse()
+    assert (d.max_encoder_reply_bytes, d.encoder_attempts, d.encoder_backoff_s) == (1024 * MiB, 3, 0.1)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -52,6 +59,10 @@ def test_flags_reach_the_config():
         ({"max_queue": 0}, "--max-queue"),
         ({"kv_cache_bytes": 0}, "--kv-cache-mb"),
         ({"dtype": "int8"}, "--dtype"),
+        ({"grace_s": -1}, "--grace-s"),
+        ({"encoder_attempts": 0}, "--encoder-attempts"),
+        ({"encoder_backoff_s": -0.1}, "--encoder-backoff-s"),
+        ({"max_encoder_reply_bytes": 0}, "--max-encoder-reply-mb"),
     ],
 )
 def test_bad_settings_are_refused_with_the_flag_name(kwargs, match):
