@@ -46,6 +46,19 @@ class SequenceBlocks:
             run = cache[self.blocks[i]]
         return run.view(-1, cache.shape[2], cache.shape[3])[:length].transpose(0, 1)
 
+    def keys_by_position(self, cache: torch.Tensor, i: int, transposed: bool = False) -> torch.Tensor:
+        """keys(cache, i) ([Hkv, length, D]; with transposed, [Hkv, D, length]) in one view op when the
+        blocks are consecutive: a decode step asks for this per sequence and layer, so the four view ops
+        of keys() were a visible share of it."""
+        first = self.first_block[i]
+        if first < 0 or not cache.is_contiguous():
+            run = self.keys(cache, i)
+            return run.transpose(1, 2) if transposed else run
+        _, block_size, heads, dim = cache.shape
+        size = (heads, dim, self.lengths[i]) if transposed else (heads, self.lengths[i], dim)
+        stride = (dim, 1, heads * dim) if transposed else (dim, heads * dim, 1)
+        return cache.as_strided(size, stride, cache.storage_offset() + first * block_size * heads * dim)
+
 
 def decode_attention_torch(
     q: torch.Tensor,
@@ -67,16 +80,23 @@ def decode_attention_torch(
     blocks = blocks or SequenceBlocks.of(seq_lens, block_tables, k_cache.shape[1])
     num_kv_heads, head_dim = k_cache.shape[2], q.shape[-1]
     group = q.shape[1] // num_kv_heads
-    out = torch.zeros_like(q)
+    # Per step, not per sequence: the scale, the head grouping (heads h*G..h*G+G-1 share KV head h) and
+    # the output buffer; a decode step runs this loop for every sequence of every layer.
+    grouped = (q * scale).view(q.shape[0], num_kv_heads, group, head_dim)
+    out = torch.zeros_like(grouped)
+    upcast = q.dtype != torch.float32
+    same_dtype = k_cache.dtype == q.dtype
     for i, seq_len in enumerate(blocks.lengths):
         if seq_len == 0:
             continue
-        k = blocks.keys(k_cache, i).to(q.dtype)  # [Hkv, L, D]
-        v = blocks.keys(v_cache, i).to(q.dtype)
-        qi = q[i].view(num_kv_heads, group, head_dim) * scale  # heads h*G..h*G+G-1 share KV head h
-        probs = torch.bmm(qi, k.transpose(1, 2)).float().softmax(dim=-1).to(q.dtype)  # [Hkv, G, L]
-        out[i] = torch.bmm(probs, v).view(-1, head_dim)
-    return out
+        k_t = blocks.keys_by_position(k_cache, i, transposed=True)  # [Hkv, D, L]
+        v = blocks.keys_by_position(v_cache, i)  # [Hkv, L, D]
+        if not same_dtype:
+            k_t, v = k_t.to(q.dtype), v.to(q.dtype)
+        scores = torch.bmm(grouped[i], k_t)  # [Hkv, G, L]
+        probs = scores.float().softmax(dim=-1).to(q.dtype) if upcast else scores.softmax(dim=-1)
+        torch.bmm(probs, v, out=out[i])
+    return out.view_as(q)
 
 
 def prefill_attention_torch(

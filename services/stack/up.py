@@ -133,14 +133,14 @@ def add_up(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=0,
         metavar="N",
-        help="torch threads of the encoder (default: a quarter of the cores, at least 1)",
+        help="torch threads of the encoder (default: 1 below 4 cores, else a quarter of them)",
     )
     p.add_argument(
         "--decoder-threads",
         type=int,
         default=0,
         metavar="N",
-        help="torch threads of the decoder (default: the cores the encoder does not take)",
+        help="torch threads of the decoder (default: every core below 4, else the rest)",
     )
     p.add_argument(
         "--startup-timeout-s",

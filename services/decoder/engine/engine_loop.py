@@ -312,6 +312,7 @@ class Engine:
                     finish_reason=delta.finish_reason.value,
                     input_tokens=delta.usage.input_tokens,
                     output_tokens=delta.usage.output_tokens,
+                    cached_tokens=delta.usage.cached_tokens,
                     preemptions=seq.num_preemptions,
                 )
             stream.queue.put_nowait(delta)
