@@ -170,11 +170,18 @@ class Scheduler:
             n = min(seq.num_uncomputed_tokens, budget, room)
             if n > 0:
                 budget -= self._take(seq, n, out)
+        in_flight = self._blocks_in_flight()
+        held_back: list[Sequence] = []
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
             if seq.seq_id in preempted_now:
                 break
             hits = self._cached_prefix(seq)
+            if in_flight and self._next_block_in_flight(seq, len(hits), in_flight):
+                # A running prefill is computing this prompt's next block (the same image or prefix sent
+                # at the same time): wait a step or more and reuse it rather than compute it twice.
+                held_back.append(self.waiting.popleft())
+                continue
             # Admit only what can be held whole now, so a started prompt is not starved of blocks.
             if not bm.can_admit(hits, seq.num_tokens):
                 break
@@ -188,6 +195,26 @@ class Scheduler:
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             budget -= self._take(seq, min(seq.num_uncomputed_tokens, budget), out)
+            if bm.enable_prefix_caching:  # what it computes now, later admissions wait for
+                in_flight.update(seq.block_hashes(seq.num_prompt_tokens // bm.block_size, bm.block_size)[len(hits) :])
+        self.waiting.extendleft(reversed(held_back))  # first in line again, in their order
+
+    def _blocks_in_flight(self) -> set[bytes]:
+        """Hashes of the full prompt blocks that running sequences have yet to compute."""
+        bm = self.block_manager
+        if not bm.enable_prefix_caching:
+            return set()
+        pending: set[bytes] = set()
+        for seq in self.running:
+            if seq.num_computed_tokens < seq.num_prompt_tokens:
+                full = seq.block_hashes(seq.num_prompt_tokens // bm.block_size, bm.block_size)
+                pending.update(full[seq.num_computed_tokens // bm.block_size :])
+        return pending
+
+    def _next_block_in_flight(self, seq: Sequence, num_hits: int, in_flight: set[bytes]) -> bool:
+        bm = self.block_manager
+        full = seq.block_hashes((seq.num_tokens - 1) // bm.block_size, bm.block_size)
+        return num_hits < len(full) and full[num_hits] in in_flight
 
     def _cached_prefix(self, seq: Sequence) -> list[bytes]:
         """Hashes of the longest cached run of the sequence's full blocks, leaving at least its last token

@@ -115,3 +115,40 @@ def test_scheduler_reuses_the_longest_cached_prefix_but_computes_the_last_token(
     s.add(c)
     out = s.schedule()
     assert [(ch.seq, ch.start) for ch in out.chunks if ch.seq is c] == [(c, 8)]
+
+
+def test_a_prompt_waits_for_the_block_a_running_prefill_is_computing():
+    s = Scheduler(BlockManager(64, BS, enable_prefix_caching=True), 8, 8, 8)  # 8 tokens a step
+    a, b, c = seq(range(20)), seq(range(20)), seq(range(100, 104))
+    for x in (a, b, c):
+        s.add(x)
+    out = s.schedule()  # a takes the whole budget; b is held back for a's blocks, c is not
+    assert [ch.seq for ch in out.chunks] == [a]
+    assert list(s.waiting) == [b, c]
+    s.update_from_output(out, [])
+    out = s.schedule()
+    assert [ch.seq for ch in out.chunks] == [a] and list(s.waiting) == [b, c]  # a's prompt still in flight
+    starts = {}
+    while s.has_work():
+        for ch in out.chunks:
+            starts.setdefault(ch.seq, ch.start)
+        s.update_from_output(out, [7] * sum(ch.samples for ch in out.chunks))
+        out = s.schedule()
+    assert starts[b] == 16 and b.num_cached_tokens == 16  # a's four full blocks: only its last token computed
+    assert starts[c] == 0
+
+
+def test_prompts_admitted_in_the_same_step_do_not_compute_a_shared_prefix_twice():
+    s = Scheduler(BlockManager(64, BS, enable_prefix_caching=True), 8, 64, 8)  # budget for both at once
+    a, b = seq(range(20)), seq(range(20))
+    s.add(a)
+    s.add(b)
+    out = s.schedule()
+    assert [ch.seq for ch in out.chunks] == [a] and list(s.waiting) == [b]
+    starts = {}
+    while s.has_work():
+        for ch in out.chunks:
+            starts.setdefault(ch.seq, ch.start)
+        s.update_from_output(out, [7] * sum(ch.samples for ch in out.chunks))
+        out = s.schedule()
+    assert starts[b] == 16
