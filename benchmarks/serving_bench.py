@@ -128,6 +128,7 @@ def main() -> int:
     parser.add_argument("--encoder-threads", type=int, default=encoder_threads)
     parser.add_argument("--decoder-threads", type=int, default=decoder_threads)
     parser.add_argument("--out", type=Path, default=Path("bench_out"))
+    parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md (smoke runs)")
     args = parser.parse_args()
     args.rates = [float(r) for r in args.rates.split(",") if r.strip()]
     systems = [s.strip() for s in args.systems.split(",")]
@@ -148,7 +149,8 @@ def main() -> int:
     if "transformers" in systems:
         runs["transformers, static batching"] = run_transformers(args, model)
     write_json(args.out, "serving", {"args": {k: str(v) for k, v in vars(args).items()}, "runs": runs})
-    write_section("serving", _markdown(args, runs, time.time() - started))
+    if not args.no_docs:
+        write_section("serving", _markdown(args, runs, time.time() - started))
     print(_markdown(args, runs, time.time() - started))
     return 0
 
