@@ -62,7 +62,8 @@ class DecoderConfig:
     num_kv_blocks: int | None = setting(None, "exact number of KV blocks (overrides --kv-cache-mb)", parse=int)
     kv_cache_bytes: int | None = setting(
         None,
-        "KV-cache budget in MiB (default: CUDA --gpu-memory-fraction of the device, CPU 512)",
+        "KV-cache budget in MiB (default: CUDA --gpu-memory-fraction of the device, "
+        f"CPU {DEFAULT_CPU_KV_CACHE_BYTES // MiB})",
         flag="--kv-cache-mb",
         scale=MiB,
     )

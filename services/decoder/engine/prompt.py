@@ -113,7 +113,7 @@ def _template_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 class PromptBuilder:
     """Chat + media embeddings -> prompt token ids and where the embeddings go."""
 
-    def __init__(self, tokenizer, max_media: int = 16):
+    def __init__(self, tokenizer, max_media: int):  # DecoderConfig.max_media_per_request
         self.tokenizer = tokenizer
         self.max_media = max_media
         self.tokens = MediaTokens.of(tokenizer)

@@ -21,7 +21,7 @@ import torch
 from internvl_serve.common.errors import InvalidMedia, ResourceExhausted
 from internvl_serve.encoder.media.config import MediaLimits, VideoPreprocess
 from internvl_serve.encoder.media.transforms import rescale_and_normalize, resize
-from internvl_serve.encoder.media.video_pool import RawVideo, VideoWorkerPool
+from internvl_serve.encoder.media.video_pool import WORKER_STARTUP_TIMEOUT_S, RawVideo, VideoWorkerPool
 
 
 @dataclass(frozen=True)
@@ -78,9 +78,9 @@ class VideoDecoder:
         preprocess: VideoPreprocess,
         limits: MediaLimits,
         *,
-        workers: int = 2,
+        workers: int,  # EncoderConfig.video_workers
         enable_test_hooks: bool = False,
-        startup_timeout_s: float = 60.0,
+        startup_timeout_s: float = WORKER_STARTUP_TIMEOUT_S,
     ):
         self.preprocess = preprocess
         self.limits = limits

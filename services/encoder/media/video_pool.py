@@ -107,10 +107,15 @@ class _Worker:
                 pass
 
 
+WORKER_STARTUP_TIMEOUT_S = 60.0  # a worker process must answer its first request within this
+
+
 class VideoWorkerPool:
     """`workers` processes; `run` borrows one for a request and gives it back (or replaces it)."""
 
-    def __init__(self, workers: int = 2, *, enable_test_hooks: bool = False, startup_timeout_s: float = 60.0):
+    def __init__(
+        self, workers: int, *, enable_test_hooks: bool = False, startup_timeout_s: float = WORKER_STARTUP_TIMEOUT_S
+    ):
         if workers < 1:
             raise ValueError("a video worker pool needs at least one worker")
         self._argv = [sys.executable, "-m", _WORKER_MODULE] + (["--enable-test-hooks"] if enable_test_hooks else [])
