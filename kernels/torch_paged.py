@@ -36,28 +36,18 @@ class SequenceBlocks:
             first.append(ids[0] if consecutive else -1)
         return cls(lengths, blocks, first)
 
-    def keys(self, cache: torch.Tensor, i: int) -> torch.Tensor:
-        """Sequence i's cached entries as [Hkv, length, D]: a view of the cache when its blocks are
-        consecutive (no copy), else one gather."""
+    def keys(self, cache: torch.Tensor, i: int, transposed: bool = False) -> torch.Tensor:
+        """Sequence i's cached entries as [Hkv, length, D] (transposed: [Hkv, D, length]). Consecutive blocks
+        are one as_strided view of the cache (no copy; a decode step asks for this per sequence and layer,
+        so the view costs one op, not four), scattered ones one gather."""
         length, first = self.lengths[i], self.first_block[i]
-        if first >= 0:
-            run = cache[first : first + len(self.blocks[i])]
-        else:
-            run = cache[self.blocks[i]]
-        return run.view(-1, cache.shape[2], cache.shape[3])[:length].transpose(0, 1)
-
-    def keys_by_position(self, cache: torch.Tensor, i: int, transposed: bool = False) -> torch.Tensor:
-        """keys(cache, i) ([Hkv, length, D]; with transposed, [Hkv, D, length]) in one view op when the
-        blocks are consecutive: a decode step asks for this per sequence and layer, so the four view ops
-        of keys() were a visible share of it."""
-        first = self.first_block[i]
-        if first < 0 or not cache.is_contiguous():
-            run = self.keys(cache, i)
-            return run.transpose(1, 2) if transposed else run
         _, block_size, heads, dim = cache.shape
-        size = (heads, dim, self.lengths[i]) if transposed else (heads, self.lengths[i], dim)
-        stride = (dim, 1, heads * dim) if transposed else (dim, heads * dim, 1)
-        return cache.as_strided(size, stride, cache.storage_offset() + first * block_size * heads * dim)
+        if first >= 0 and cache.is_contiguous():
+            size = (heads, dim, length) if transposed else (heads, length, dim)
+            stride = (dim, 1, heads * dim) if transposed else (dim, heads * dim, 1)
+            return cache.as_strided(size, stride, cache.storage_offset() + first * block_size * heads * dim)
+        run = cache[self.blocks[i]].view(-1, heads, dim)[:length].transpose(0, 1)
+        return run.transpose(1, 2) if transposed else run
 
 
 def decode_attention_torch(
@@ -89,8 +79,8 @@ def decode_attention_torch(
     for i, seq_len in enumerate(blocks.lengths):
         if seq_len == 0:
             continue
-        k_t = blocks.keys_by_position(k_cache, i, transposed=True)  # [Hkv, D, L]
-        v = blocks.keys_by_position(v_cache, i)  # [Hkv, L, D]
+        k_t = blocks.keys(k_cache, i, transposed=True)  # [Hkv, D, L]
+        v = blocks.keys(v_cache, i)  # [Hkv, L, D]
         if not same_dtype:
             k_t, v = k_t.to(q.dtype), v.to(q.dtype)
         scores = torch.bmm(grouped[i], k_t)  # [Hkv, G, L]

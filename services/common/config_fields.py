@@ -33,7 +33,7 @@ class Setting:
     help: str
     flag: str | None = None  # default: --field-name
     env: str | None = None  # an environment variable that overrides the default
-    scale: float | None = None  # field value = flag value * scale (flag in MiB, field in bytes)
+    scale: float | None = None  # a byte count given in a larger unit: field = int(flag value * scale)
     parse: Callable[[str], Any] | None = None  # flag text -> flag value (the field's, unless `scale`)
     choices: tuple[str, ...] | None = None
 
@@ -46,12 +46,9 @@ class Nested:
     defaults: Mapping[str, Any]
 
 
-def setting(default: Any = MISSING, help: str = "", *, default_factory: Any = MISSING, **kwargs) -> Any:
+def setting(default: Any = MISSING, help: str = "", **kwargs) -> Any:
     """A dataclass field with a flag. No default: the flag is required."""
-    metadata = {_KEY: Setting(help, **kwargs)}
-    if default_factory is not MISSING:
-        return field(default_factory=default_factory, metadata=metadata)
-    return field(default=default, metadata=metadata)
+    return field(default=default, metadata={_KEY: Setting(help, **kwargs)})
 
 
 def nested(cls: type, **defaults: Any) -> Any:
@@ -163,18 +160,12 @@ def config_from_args(cls: type, args: argparse.Namespace, overrides: Mapping[str
         elif isinstance(spec, Setting):
             raw = getattr(args, _dest(f, spec))  # argparse applied the flag's type (string defaults too)
             if spec.scale and raw is not None:
-                raw = _scaled(f, raw * spec.scale)
+                raw = int(raw * spec.scale)  # scaled settings count bytes
             values[f.name] = raw
     for name, value in (overrides or {}).items():
         values.setdefault(name, value)
     values.update(extra)
     return cls(**values)
-
-
-def _scaled(f: dataclasses.Field, value: float) -> Any:
-    """Back to the field's own type (bytes are ints)."""
-    default = f.default if f.default is not MISSING else None
-    return int(value) if isinstance(default, int) or default is None and "int" in str(f.type) else value
 
 
 def comma_list(text: str) -> tuple[str, ...]:

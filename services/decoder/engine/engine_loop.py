@@ -150,15 +150,6 @@ class Engine:
             GenerationRequest(messages, sampling=SamplingParams(max_new_tokens=2), request_id="warmup")
         )
 
-    async def wait_idle(self, timeout: float | None = None) -> bool:
-        """Wait until no request is queued or running (for draining); False on timeout."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.scheduler.has_work():
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(0.01)
-        return True
-
     async def close(self) -> None:
         """Stop: refuse new requests, end the loop, and fail what is left with UNAVAILABLE."""
         self._closing = True

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from internvl_serve.decoder.engine.block_hash import tensor_digest
+
 MEDIA_TYPES = ("image", "video")
 
 
@@ -60,6 +62,4 @@ class MediaEmbedding:
 
     def identity(self) -> bytes:
         """What the KV of this item depends on: its content hash, or a hash of its embeddings."""
-        from internvl_serve.decoder.engine.block_hash import tensor_digest
-
         return self.content_hash or tensor_digest(self.embeddings)

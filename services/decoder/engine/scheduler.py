@@ -118,13 +118,13 @@ class Scheduler:
         sequence finished while the step ran (cancelled, expired) is left as it is and its token dropped."""
         tokens = iter(sampled)
         appended = []
+        bm = self.block_manager
         for chunk in out.chunks:
             token = next(tokens) if chunk.samples else None
             seq = chunk.seq
             if seq.is_finished:
                 continue
             seq.num_computed_tokens = chunk.end
-            bm = self.block_manager
             if bm.enable_prefix_caching:  # full blocks now computed become reusable
                 bm.register_full_blocks(seq.seq_id, seq.block_hashes(chunk.end // bm.block_size, bm.block_size))
             if token is None:
@@ -176,8 +176,9 @@ class Scheduler:
             seq = self.waiting[0]
             if seq.seq_id in preempted_now:
                 break
-            hits = self._cached_prefix(seq)
-            if in_flight and self._next_block_in_flight(seq, len(hits), in_flight):
+            reusable = self._reusable_hashes(seq)
+            hits = reusable[: bm.num_cached_prefix_blocks(reusable)]
+            if len(hits) < len(reusable) and reusable[len(hits)] in in_flight:
                 # A running prefill is computing this prompt's next block (the same image or prefix sent
                 # at the same time): wait a step or more and reuse it rather than compute it twice.
                 held_back.append(self.waiting.popleft())
@@ -211,19 +212,13 @@ class Scheduler:
                 pending.update(full[seq.num_computed_tokens // bm.block_size :])
         return pending
 
-    def _next_block_in_flight(self, seq: Sequence, num_hits: int, in_flight: set[bytes]) -> bool:
-        bm = self.block_manager
-        full = seq.block_hashes((seq.num_tokens - 1) // bm.block_size, bm.block_size)
-        return num_hits < len(full) and full[num_hits] in in_flight
-
-    def _cached_prefix(self, seq: Sequence) -> list[bytes]:
-        """Hashes of the longest cached run of the sequence's full blocks, leaving at least its last token
-        to compute (the step that computes it samples the next one)."""
+    def _reusable_hashes(self, seq: Sequence) -> list[bytes]:
+        """Hashes of the full blocks a cached prefix may cover: all but the one holding the last token (the
+        step that computes it samples the next one). Empty without prefix caching."""
         bm = self.block_manager
         if not bm.enable_prefix_caching:
             return []
-        hashes = seq.block_hashes((seq.num_tokens - 1) // bm.block_size, bm.block_size)
-        return hashes[: bm.num_cached_prefix_blocks(hashes)]
+        return seq.block_hashes((seq.num_tokens - 1) // bm.block_size, bm.block_size)
 
     def _take(self, seq: Sequence, n: int, out: SchedulerOutput) -> int:
         start = seq.num_computed_tokens
