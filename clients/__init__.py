@@ -30,6 +30,7 @@ _EXPORTS = {
     "UnavailableError": "errors",
     "DeadlineExceededError": "errors",
     "CancelledError": "errors",
+    "UnauthenticatedError": "errors",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -46,6 +47,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazi
         MediaError,
         NotFoundError,
         ResourceExhaustedError,
+        UnauthenticatedError,
         UnavailableError,
     )
     from internvl_serve.clients.fetch import UrlPolicy

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
@@ -29,7 +30,8 @@ class ChannelSettings:
     keepalive_s: float = 30.0
 
     def service_config(self) -> str:
-        """The gRPC service config (JSON): retry UNAVAILABLE (server unreachable, not ready or draining)
+        """The gRPC service config (JSON): round_robin with health checking over the target's addresses,
+        and retry UNAVAILABLE (server unreachable, not ready or draining)
         with exponential backoff. Nothing else is retried: INVALID_ARGUMENT would fail again,
         RESOURCE_EXHAUSTED needs a slower caller, and a deadline that passed has passed. A stream is only
         retried before its first response arrives, so no text is ever delivered twice."""
@@ -46,7 +48,15 @@ class ChannelSettings:
                 "backoffMultiplier": 2,
                 "retryableStatusCodes": ["UNAVAILABLE"],
             }
-        return json.dumps({"methodConfig": [method_config]})
+        return json.dumps(
+            {
+                # A target with several addresses (several decoders): spread calls over them, and leave out
+                # any whose grpc.health.v1 says NOT_SERVING (loading, or draining before a restart).
+                "loadBalancingConfig": [{"round_robin": {}}],
+                "healthCheckConfig": {"serviceName": ""},
+                "methodConfig": [method_config],
+            }
+        )
 
     def options(self) -> list[tuple[str, int | str]]:
         keepalive_ms = int(self.keepalive_s * 1000)
@@ -69,6 +79,32 @@ class ChannelSettings:
             ("grpc.initial_reconnect_backoff_ms", 200),
             ("grpc.max_reconnect_backoff_ms", 5_000),
         ]
+
+
+def tls_credentials(
+    ca: str | None = None, cert: str | None = None, key: str | None = None
+) -> grpc.ChannelCredentials | None:
+    """TLS from PEM files: `ca` verifies the server (None with a cert: the system roots), `cert`/`key` are
+    this client's certificate for mutual TLS. None when no file is named (plaintext)."""
+    if not (ca or cert or key):
+        return None
+    if bool(cert) != bool(key):
+        raise ValueError("tls_cert and tls_key go together (give both, or neither)")
+
+    def read(what: str, path: str | None) -> bytes | None:
+        if not path:
+            return None
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise ValueError(f"{what} {path}: cannot read it ({exc.strerror or exc})") from None
+        if b"-----BEGIN " not in data:
+            raise ValueError(f"{what} {path}: not a PEM file")
+        return data
+
+    return grpc.ssl_channel_credentials(
+        root_certificates=read("tls_ca", ca), private_key=read("tls_key", key), certificate_chain=read("tls_cert", cert)
+    )
 
 
 def sync_channel(

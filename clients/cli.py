@@ -94,6 +94,10 @@ def _add_common(p: argparse.ArgumentParser, service: str) -> None:
     )
     p.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS", help="deadline of the call (default 300)")
     p.add_argument("--allow-urls", action="store_true", help="let media be http(s) urls, fetched by this client")
+    p.add_argument("--tls-ca", metavar="FILE", help="PEM CA bundle that signed the server's certificate: use TLS")
+    p.add_argument("--tls-cert", metavar="FILE", help="PEM client certificate (mutual TLS)")
+    p.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
+    p.add_argument("--token", metavar="TOKEN", help="bearer token (default: $INTERNVL_TOKEN; flags show in `ps`)")
     p.set_defaults(service=service)
 
 
@@ -125,6 +129,10 @@ def describe_error(exc: BaseException, target: str, service: str, timeout: float
         if any(hint in details.lower() for hint in _TRANSPORT_HINTS):
             return f"cannot reach {target} (UNAVAILABLE): is the {service} running? ({details})", EXIT_UNAVAILABLE
         return f"the {service} at {target} is unavailable (UNAVAILABLE): {details}", EXIT_UNAVAILABLE
+    if isinstance(exc, errors.UnauthenticatedError):
+        return f"the {service} refused the call (UNAUTHENTICATED): {details}; pass --token or set INTERNVL_TOKEN", (
+            EXIT_USAGE
+        )
     if isinstance(exc, errors.DeadlineExceededError):
         return f"no answer within --timeout {timeout:g} s (DEADLINE_EXCEEDED): {details}", EXIT_ERROR
     if isinstance(exc, errors.InternVLError):
@@ -147,6 +155,10 @@ def _run(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         allow_urls=args.allow_urls,
         num_frames=args.num_frames,
+        tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        token=args.token,
         tracer_provider=telemetry.tracer_provider if telemetry else None,
     )
     try:

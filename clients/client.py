@@ -16,6 +16,7 @@ global one) whose context goes to the server in the call's metadata, so the serv
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +24,7 @@ from typing import Any
 
 import grpc
 
-from internvl_serve.clients.channel import ChannelSettings, aio_channel, sync_channel
+from internvl_serve.clients.channel import ChannelSettings, aio_channel, sync_channel, tls_credentials
 from internvl_serve.clients.errors import DeadlineExceededError, InputError, from_rpc_error
 from internvl_serve.clients.fetch import UrlPolicy
 from internvl_serve.clients.messages import encode_request, generate_request, is_batch
@@ -57,22 +58,36 @@ class _ClientBase:
         num_frames: int = 0,
         max_concurrency: int = 64,
         credentials: grpc.ChannelCredentials | None = None,
+        tls_ca: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        token: str | None = None,
         channel_settings: ChannelSettings | None = None,
         tracer_provider: Any = None,
     ):
         """`target` is the decoder's HOST:PORT; `encoder_target` the encoder's for encode() (default:
         `target`). `timeout` is the default per-call deadline in seconds (None: no deadline). Urls in
         messages are fetched by the client only with `allow_urls=True`, up to `url_max_bytes` and
-        `url_timeout` seconds each. `num_frames` is the default for video parts (0: the server's)."""
+        `url_timeout` seconds each. `num_frames` is the default for video parts (0: the server's).
+        TLS: `tls_ca` (PEM file verifying the server), `tls_cert`/`tls_key` (this client's certificate, for
+        mutual TLS), or ready-made `credentials`. `token`: sent as `authorization: Bearer TOKEN` (default:
+        the INTERNVL_TOKEN environment variable). Several decoders: a target gRPC balances over, e.g.
+        "dns:///decoders:50052" or "ipv4:10.0.0.1:50052,10.0.0.2:50052"."""
         self.target = target
         self.encoder_target = encoder_target or target
         self.timeout = timeout
         self.url_policy = UrlPolicy(allow=allow_urls, max_bytes=url_max_bytes, timeout_s=url_timeout)
         self.num_frames = num_frames
         self.max_concurrency = max(1, max_concurrency)
-        self._credentials = credentials
+        self._credentials = credentials or tls_credentials(tls_ca, tls_cert, tls_key)
+        token = token if token is not None else os.environ.get("INTERNVL_TOKEN")
+        self._auth = (("authorization", f"Bearer {token}"),) if token else ()
         self._settings = channel_settings or ChannelSettings()
         self._tracer = get_tracer(tracer_provider)
+
+    def _metadata(self, span: ClientSpan) -> tuple[tuple[str, str], ...]:
+        """A call's metadata: its trace context and the token."""
+        return (*(span.metadata or ()), *self._auth)
 
     def _span(self, method: str, target: str, params: Any = None, parent: Any = None) -> ClientSpan:
         attributes = None if params is None else request_attributes(params, stream=method == GENERATE_STREAM)
@@ -170,7 +185,7 @@ class InternVLClient(_ClientBase):
         timeout = self._remaining(deadline)
         try:
             with self._span(GENERATE, self.target, params, parent) as span:
-                reply = self._generation.Generate(request, timeout=timeout, metadata=span.metadata)
+                reply = self._generation.Generate(request, timeout=timeout, metadata=self._metadata(span))
                 span.set_attributes(generation_attributes(reply, stream=False))
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
@@ -191,7 +206,7 @@ class InternVLClient(_ClientBase):
         timeout = self._remaining(deadline)
         try:
             with self._span(GENERATE_STREAM, self.target, params, parent) as span:
-                call = self._generation.GenerateStream(request, timeout=timeout, metadata=span.metadata)
+                call = self._generation.GenerateStream(request, timeout=timeout, metadata=self._metadata(span))
                 for response in call:
                     if response.finish_reason:
                         span.set_attributes(generation_attributes(response, stream=True))
@@ -217,7 +232,7 @@ class InternVLClient(_ClientBase):
         remaining = self._remaining(deadline)
         try:
             with self._span(ENCODE, self.encoder_target) as span:
-                reply = self._encoder.Encode(request, timeout=remaining, metadata=span.metadata)
+                reply = self._encoder.Encode(request, timeout=remaining, metadata=self._metadata(span))
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from exc
         return [EncodedMedia.from_proto(e, reply.model) for e in reply.media]
@@ -285,7 +300,7 @@ class AsyncInternVLClient(_ClientBase):
         timeout = self._remaining(deadline)
         try:
             with self._span(GENERATE, self.target, params) as span:
-                reply = await generation.Generate(request, timeout=timeout, metadata=span.metadata)
+                reply = await generation.Generate(request, timeout=timeout, metadata=self._metadata(span))
                 span.set_attributes(generation_attributes(reply, stream=False))
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc) from exc
@@ -307,7 +322,7 @@ class AsyncInternVLClient(_ClientBase):
         generation, _ = self._stubs()
         timeout = self._remaining(deadline)
         span = self._span(GENERATE_STREAM, self.target, params, parent)
-        call = generation.GenerateStream(request, timeout=timeout, metadata=span.metadata)
+        call = generation.GenerateStream(request, timeout=timeout, metadata=self._metadata(span))
         try:
             with span:
                 async for response in call:
@@ -334,7 +349,7 @@ class AsyncInternVLClient(_ClientBase):
         timeout = self._remaining(deadline)
         try:
             with self._span(ENCODE, self.encoder_target) as span:
-                reply = await encoder.Encode(request, timeout=timeout, metadata=span.metadata)
+                reply = await encoder.Encode(request, timeout=timeout, metadata=self._metadata(span))
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc) from exc
         return [EncodedMedia.from_proto(e, reply.model) for e in reply.media]

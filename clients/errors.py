@@ -74,6 +74,12 @@ class CancelledError(InternVLError):
     default_code = grpc.StatusCode.CANCELLED
 
 
+class UnauthenticatedError(InternVLError):
+    """No token, or one the server does not know: pass token= (or set INTERNVL_TOKEN)."""
+
+    default_code = grpc.StatusCode.UNAUTHENTICATED
+
+
 _BY_CODE: dict[grpc.StatusCode, type[InternVLError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
     grpc.StatusCode.NOT_FOUND: NotFoundError,
@@ -81,6 +87,7 @@ _BY_CODE: dict[grpc.StatusCode, type[InternVLError]] = {
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
     grpc.StatusCode.CANCELLED: CancelledError,
+    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
 }
 
 

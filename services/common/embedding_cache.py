@@ -22,6 +22,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from internvl_serve.common.config_fields import setting
 from internvl_serve.common.embedding_blob import BlobError, EncodedBlob, pack, unpack
 from internvl_serve.common.logs import log_event
+from internvl_serve.common.tenancy import DEFAULT_TENANT
 
 log = logging.getLogger("internvl_serve.common.embedding_cache")
 KEY_PREFIX = "internvl:emb:v1"
@@ -47,6 +48,11 @@ class CacheSettings:
     connect_timeout_s: float = setting(0.5, "bound on each Redis connect", flag="--redis-connect-timeout-s")
     op_timeout_s: float = setting(0.5, "bound on each Redis command", flag="--redis-timeout-s")
     backoff_s: float = setting(2.0, "after a Redis error, skip Redis this long", flag="--redis-backoff-s")
+    share_across_tenants: bool = setting(
+        False,
+        "let tenants share content-addressed entries (one tenant's media_id then works for all)",
+        flag="--share-cache-across-tenants",
+    )
 
     def problems(self) -> list[str]:
         out = []
@@ -106,13 +112,19 @@ class EmbeddingCache:
     def enabled(self) -> bool:
         return self._client is not None
 
-    def key(self, preprocess_fingerprint: str, content_hash: str) -> str:
-        return f"{KEY_PREFIX}:{self.model_fingerprint}:{preprocess_fingerprint}:{content_hash}"
+    def key(self, preprocess_fingerprint: str, content_hash: str, tenant: str = DEFAULT_TENANT) -> str:
+        """A media_id belongs to the tenant that encoded it: another tenant's key for the same content is a
+        different key (unless --share-cache-across-tenants), so its ids are NOT_FOUND elsewhere. The
+        default tenant (no authentication) and shared entries use the plain key of DESIGN.md section 3."""
+        base = f"{KEY_PREFIX}:{self.model_fingerprint}"
+        if tenant != DEFAULT_TENANT and not self.settings.share_across_tenants:
+            base += f":@{tenant}"  # tenant names have no ':' or '@', fingerprints are hex: unambiguous
+        return f"{base}:{preprocess_fingerprint}:{content_hash}"
 
-    def key_for_media_id(self, media_id: str) -> str | None:
-        """The key a media_id names, or None for a string this service never issues."""
+    def key_for_media_id(self, media_id: str, tenant: str = DEFAULT_TENANT) -> str | None:
+        """The key a media_id names for `tenant`, or None for a string this service never issues."""
         match = _MEDIA_ID.match(media_id)
-        return None if match is None else self.key(match.group(1), match.group(2))
+        return None if match is None else self.key(match.group(1), match.group(2), tenant)
 
     def _available(self) -> bool:
         if self._client is None:

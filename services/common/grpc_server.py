@@ -5,6 +5,7 @@ health, reflection, and a graceful stop on SIGTERM/SIGINT (DESIGN.md section 7.3
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Iterable
@@ -14,9 +15,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry import trace
 
+from internvl_serve.common.admission import InFlightLimit
+from internvl_serve.common.auth import AuthInterceptor
 from internvl_serve.common.errors import ServiceError, status_for
 from internvl_serve.common.logs import log_event
 from internvl_serve.common.rpc_telemetry import TelemetryInterceptor
+from internvl_serve.common.rpc_wrap import wrap_rpc
 from internvl_serve.common.telemetry import Telemetry
 
 log = logging.getLogger("internvl_serve.grpc")
@@ -53,39 +57,18 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
         method = handler_call_details.method
-        if handler.unary_unary is not None:
-            inner = handler.unary_unary
 
-            async def unary_unary(request, context):
-                try:
-                    return await inner(request, context)
-                except (asyncio.CancelledError, grpc.aio.AbortError):
-                    raise
-                except Exception as exc:
-                    await _abort(context, exc, method)
+        @contextlib.asynccontextmanager
+        async def errors_to_status(context):
+            try:
+                yield
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                raise
+            except Exception as exc:
+                await _abort(context, exc, method)
 
-            return grpc.unary_unary_rpc_method_handler(
-                unary_unary, handler.request_deserializer, handler.response_serializer
-            )
-        if handler.unary_stream is not None:
-            inner_stream = handler.unary_stream
-
-            async def unary_stream(request, context):
-                try:
-                    async for response in inner_stream(request, context):
-                        yield response
-                except (asyncio.CancelledError, grpc.aio.AbortError):
-                    raise
-                except Exception as exc:
-                    await _abort(context, exc, method)
-
-            return grpc.unary_stream_rpc_method_handler(
-                unary_stream, handler.request_deserializer, handler.response_serializer
-            )
-        return handler
+        return wrap_rpc(handler, errors_to_status)
 
 
 class HealthReporter:
@@ -103,22 +86,29 @@ class HealthReporter:
 
 
 def create_server(
-    service_full_names: list[str], *, max_receive_bytes: int, max_send_bytes: int, telemetry: Telemetry | None = None
+    service_full_names: list[str],
+    *,
+    max_receive_bytes: int,
+    max_send_bytes: int,
+    telemetry: Telemetry | None = None,
+    auth: AuthInterceptor | None = None,
+    in_flight: InFlightLimit | None = None,
 ) -> tuple[grpc.aio.Server, HealthReporter]:
     """`telemetry`: trace and count every call but health and reflection (the outermost interceptor, so it
-    sees the status the ErrorInterceptor sets)."""
-    interceptors = [ErrorInterceptor()]
-    if telemetry is not None:
-        interceptors.insert(0, TelemetryInterceptor(telemetry))
+    sees the status the others set). Then `auth` (tokens, the caller's tenant), then `in_flight` (only
+    authenticated calls take a slot), then the ErrorInterceptor around the servicer."""
+    interceptors = [i for i in (telemetry and TelemetryInterceptor(telemetry), auth, in_flight) if i]
+    interceptors.append(ErrorInterceptor())
     server = grpc.aio.server(interceptors=interceptors, options=server_options(max_receive_bytes, max_send_bytes))
     reporter = HealthReporter(server, service_full_names)
     reflection.enable_server_reflection([*service_full_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     return server, reporter
 
 
-def bind(server: grpc.aio.Server, host: str, port: int) -> int:
-    """Bind an insecure port; port 0 picks a free one. Returns the bound port."""
-    bound = server.add_insecure_port(f"{host}:{port}")
+def bind(server: grpc.aio.Server, host: str, port: int, credentials: grpc.ServerCredentials | None = None) -> int:
+    """Bind a port (TLS with `credentials`); port 0 picks a free one. Returns the bound port."""
+    address = f"{host}:{port}"
+    bound = server.add_insecure_port(address) if credentials is None else server.add_secure_port(address, credentials)
     if bound == 0:
         raise OSError(f"cannot listen on {host}:{port} (in use or not permitted)")
     return bound

@@ -19,6 +19,7 @@ from opentelemetry import propagate
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from internvl_serve.common.outbound_span import rpc_attributes
+from internvl_serve.common.rpc_wrap import wrap_rpc
 from internvl_serve.common.telemetry import Telemetry
 
 UNTRACED_SERVICES = frozenset(
@@ -102,28 +103,13 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
             return handler
         full_method = method.lstrip("/")
         metadata = handler_call_details.invocation_metadata or ()
-        if handler.unary_unary is not None:
-            inner = handler.unary_unary
 
-            async def unary_unary(request, context):
-                with self._call(full_method, metadata, context):
-                    return await inner(request, context)
+        @contextlib.asynccontextmanager
+        async def traced(context):
+            with self._call(full_method, metadata, context):
+                yield
 
-            return grpc.unary_unary_rpc_method_handler(
-                unary_unary, handler.request_deserializer, handler.response_serializer
-            )
-        if handler.unary_stream is not None:
-            inner_stream = handler.unary_stream
-
-            async def unary_stream(request, context):
-                with self._call(full_method, metadata, context):
-                    async for response in inner_stream(request, context):
-                        yield response
-
-            return grpc.unary_stream_rpc_method_handler(
-                unary_stream, handler.request_deserializer, handler.response_serializer
-            )
-        return handler  # no client-streaming RPCs in our services
+        return wrap_rpc(handler, traced)
 
     @contextlib.contextmanager
     def _call(self, full_method: str, metadata, context):

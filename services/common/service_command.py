@@ -41,6 +41,7 @@ def _run(
     """`parser`: the subcommand's, so a config that fails validation is a usage error (exit 2)."""
     from internvl_serve.common.grpc_server import serve_until_signal
     from internvl_serve.common.logs import setup_logging
+    from internvl_serve.common.security import SecurityFileError
 
     try:
         config = build_config(args)
@@ -54,7 +55,11 @@ def _run(
     server_cls = server_type()
 
     async def serve() -> None:
-        await serve_until_signal(server_cls(config))  # built inside the loop: grpc.aio binds to it
+        try:
+            server = server_cls(config)  # built inside the loop: grpc.aio binds to it
+        except SecurityFileError as exc:  # a TLS or tokens file it cannot use: a usage error, exit 2
+            parser.error(str(exc))
+        await serve_until_signal(server)
 
     asyncio.run(serve())
     return 0

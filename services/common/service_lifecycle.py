@@ -12,13 +12,18 @@ import asyncio
 import logging
 from typing import Any
 
+from internvl_serve.common.admission import InFlightLimit
+from internvl_serve.common.auth import AuthInterceptor
 from internvl_serve.common.grpc_server import bind, create_server
 from internvl_serve.common.logs import log_event
+from internvl_serve.common.security import Security
+from internvl_serve.common.service_settings import receive_limit
 from internvl_serve.common.telemetry import Telemetry, setup_telemetry
 
 
 class ServiceServer:
-    """`config` needs host, port, grace_s, max_receive_bytes, max_send_bytes and telemetry (settings)."""
+    """`config` needs host, port, grace_s, drain_notice_s, max_receive_bytes, max_send_bytes, max_in_flight,
+    tls, auth_tokens_file and telemetry (settings)."""
 
     kind = "service"  # "encoder" or "decoder": the log events' prefix and the tracer/meter scope
 
@@ -26,16 +31,21 @@ class ServiceServer:
         """`telemetry`: default, providers from `config.telemetry`, shut down (flushed) by stop()."""
         self.config = config
         self.draining = asyncio.Event()
+        self.serving = False  # answered SERVING (a stop then gives clients the drain notice)
         self._owns_telemetry = telemetry is None
         self.telemetry = telemetry or setup_telemetry(settings=config.telemetry)
         self.log = logging.getLogger(f"internvl_serve.{self.kind}")
+        self.security = Security.load(config)  # SecurityFileError (exit 2) before anything listens
+        self.in_flight = InFlightLimit(config.max_in_flight, self.kind)
         self.server, self.health = create_server(
             service_names,
-            max_receive_bytes=config.max_receive_bytes,
+            max_receive_bytes=receive_limit(config),
             max_send_bytes=config.max_send_bytes,
             telemetry=self.telemetry,
+            auth=AuthInterceptor(self.security.tokens),
+            in_flight=self.in_flight,
         )
-        self.port = bind(self.server, config.host, config.port)
+        self.port = bind(self.server, config.host, config.port, self.security.credentials)
 
     @property
     def scope(self) -> str:
@@ -55,14 +65,27 @@ class ServiceServer:
                 await self._shutdown_telemetry()
             raise
         await self.health.set(True)
-        log_event(self.log, f"{self.kind}_serving", host=self.config.host, port=self.port, **self.serving_fields())
+        self.serving = True
+        log_event(
+            self.log,
+            f"{self.kind}_serving",
+            host=self.config.host,
+            port=self.port,
+            tls="mutual" if self.config.tls.client_ca else bool(self.security.credentials),
+            auth=self.security.tokens is not None,
+            **self.serving_fields(),
+        )
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Close and the telemetry flush run, and `*_stopped` is logged, even if a step before them raised
         (the error then propagates)."""
-        self.draining.set()
         try:
+            # NOT_SERVING first, still answering: clients' health watches move new calls to other replicas
+            # during the notice, so no call is refused while another replica is up.
             await self.health.set(False)
+            if self.config.drain_notice_s > 0 and self.serving:
+                await asyncio.sleep(self.config.drain_notice_s)
+            self.draining.set()
             await self.drain(self.config.grace_s if grace_s is None else grace_s)
         except BaseException:
             await self.server.stop(0)  # a failed drain still releases the port

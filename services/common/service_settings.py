@@ -39,8 +39,42 @@ def num_threads_setting() -> Any:
     )
 
 
-def max_receive_setting(default_bytes: int) -> Any:
-    return setting(default_bytes, "largest gRPC request accepted, in MiB", flag="--max-receive-mb", scale=MiB)
+DEFAULT_REQUEST_MEDIA_BYTES = 256 * MiB  # one video at the default --max-video-mb
+REQUEST_OVERHEAD_BYTES = MiB  # a request's text, ids and framing beyond its media bytes
+
+
+def max_receive_setting() -> Any:
+    """Default (None): --max-request-media-mb plus REQUEST_OVERHEAD_BYTES (receive_limit)."""
+    return setting(
+        None,
+        "largest gRPC request accepted, in MiB (default: --max-request-media-mb + 1)",
+        flag="--max-receive-mb",
+        scale=MiB,
+    )
+
+
+def max_request_media_setting() -> Any:
+    return setting(
+        DEFAULT_REQUEST_MEDIA_BYTES,
+        "media bytes (images + videos) one request may carry in all, in MiB",
+        flag="--max-request-media-mb",
+        scale=MiB,
+    )
+
+
+def receive_limit(config: Any) -> int:
+    """The gRPC request limit: --max-receive-mb, else sized to the media limit (--max-request-media-mb)."""
+    if config.max_receive_bytes is not None:
+        return config.max_receive_bytes
+    return config.max_request_media_bytes + REQUEST_OVERHEAD_BYTES
+
+
+def drain_notice_setting() -> Any:
+    return setting(
+        1.0,
+        "SIGTERM: seconds health says NOT_SERVING while calls are still answered, so clients move to other "
+        "replicas before this one refuses any",
+    )
 
 
 def max_send_setting(default_bytes: int) -> Any:
@@ -62,8 +96,13 @@ def common_problems(config: Any) -> list[str]:
         problems.append(f"--num-threads must be >= 0, got {config.num_threads}")
     if config.dtype not in ("auto", *DTYPES):
         problems.append(f"--dtype must be auto or one of {sorted(DTYPES)}, got {config.dtype!r}")
-    if config.max_receive_bytes < 1 or config.max_send_bytes < 1:
+    if (config.max_receive_bytes is not None and config.max_receive_bytes < 1) or config.max_send_bytes < 1:
         problems.append("--max-receive-mb and --max-send-mb must be > 0")
-    if config.grace_s < 0:
-        problems.append(f"--grace-s must be >= 0, got {config.grace_s}")
+    if config.max_request_media_bytes < 1:
+        problems.append("--max-request-media-mb must be > 0")
+    if config.grace_s < 0 or config.drain_notice_s < 0:
+        problems.append(f"--grace-s and --drain-notice-s must be >= 0, got {config.grace_s}, {config.drain_notice_s}")
+    if config.max_in_flight < 1:
+        problems.append(f"--max-in-flight must be >= 1, got {config.max_in_flight}")
+    problems += config.tls.problems()
     return problems

@@ -9,23 +9,28 @@ from dataclasses import dataclass
 
 import torch
 
+from internvl_serve.common.admission import max_in_flight_setting
 from internvl_serve.common.config_fields import add_config_arguments, comma_list, config_from_args, nested, setting
 from internvl_serve.common.embedding_cache import CacheSettings
 from internvl_serve.common.placement import resolve_device, resolve_dtype
+from internvl_serve.common.security import auth_tokens_setting
 from internvl_serve.common.service_settings import (
     MiB,
     common_problems,
     device_setting,
+    drain_notice_setting,
     dtype_setting,
     grace_setting,
     host_setting,
     log_level_setting,
     max_receive_setting,
+    max_request_media_setting,
     max_send_setting,
     model_setting,
     num_threads_setting,
 )
 from internvl_serve.common.telemetry import DECODER_SERVICE, TelemetrySettings
+from internvl_serve.common.tls import EncoderLinkTls, ServerTls
 
 DEFAULT_CPU_KV_CACHE_BYTES = 512 * MiB
 
@@ -50,9 +55,19 @@ class DecoderConfig:
         1024 * MiB, "largest Encode reply accepted from an encoder, in MiB", flag="--max-encoder-reply-mb", scale=MiB
     )
     encoder_attempts: int = setting(
-        3, "Encode attempts per media item, retrying on UNAVAILABLE; at least one per encoder address"
+        5, "Encode attempts per media item (gRPC retries UNAVAILABLE on another replica; at most 5)"
     )
     encoder_backoff_s: float = setting(0.1, "pause before the second Encode attempt, doubled before each later one")
+    encoder_timeout_s: float = setting(
+        120.0, "bound on one Encode call (waiting for an encoder to be up included) when the client sets no deadline"
+    )
+    encoder_tls: EncoderLinkTls = nested(EncoderLinkTls)
+    encoder_token: str | None = setting(
+        None,
+        "token sent to the encoders (prefer the environment variable: flags show in `ps`)",
+        flag="--encoder-token",
+        env="INTERNVL_ENCODER_TOKEN",
+    )
     # The encoders' embedding cache: media_id parts are read from it directly (cache.url, --redis-url).
     cache: CacheSettings = nested(CacheSettings)
     device: str = device_setting()
@@ -86,9 +101,14 @@ class DecoderConfig:
         None, "prompt + generated tokens (default and maximum: the model's max_position_embeddings)", parse=int
     )
     # Requests carry media bytes (up to 16 items); replies are text.
-    max_receive_bytes: int = max_receive_setting(512 * MiB)
+    max_request_media_bytes: int = max_request_media_setting()
+    max_receive_bytes: int | None = max_receive_setting()
     max_send_bytes: int = max_send_setting(64 * MiB)
+    max_in_flight: int = max_in_flight_setting(512)
     grace_s: float = grace_setting()
+    drain_notice_s: float = drain_notice_setting()
+    tls: ServerTls = nested(ServerTls)
+    auth_tokens_file: str | None = auth_tokens_setting()
     log_level: str = log_level_setting()
     telemetry: TelemetrySettings = TelemetrySettings.off(DECODER_SERVICE)  # from the OTEL_* environment
 
@@ -96,8 +116,11 @@ class DecoderConfig:
         problems = common_problems(self)
         if self.max_encoder_reply_bytes < 1:
             problems.append("--max-encoder-reply-mb must be > 0")
-        if self.encoder_attempts < 1:
-            problems.append(f"--encoder-attempts must be >= 1, got {self.encoder_attempts}")
+        if not 1 <= self.encoder_attempts <= 5:
+            problems.append(f"--encoder-attempts must be 1-5 (gRPC's cap), got {self.encoder_attempts}")
+        if self.encoder_timeout_s <= 0:
+            problems.append(f"--encoder-timeout-s must be > 0, got {self.encoder_timeout_s}")
+        problems += self.encoder_tls.problems()
         if self.encoder_backoff_s < 0:
             problems.append(f"--encoder-backoff-s must be >= 0, got {self.encoder_backoff_s}")
         if self.block_size < 1 or self.block_size & (self.block_size - 1):

@@ -9,23 +9,28 @@ from dataclasses import dataclass
 
 import torch
 
+from internvl_serve.common.admission import max_in_flight_setting
 from internvl_serve.common.config_fields import add_config_arguments, config_from_args, nested, setting
 from internvl_serve.common.embedding_cache import CacheSettings
 from internvl_serve.common.placement import resolve_device, resolve_dtype
+from internvl_serve.common.security import auth_tokens_setting
 from internvl_serve.common.service_settings import (
     MiB,
     common_problems,
     device_setting,
+    drain_notice_setting,
     dtype_setting,
     grace_setting,
     host_setting,
     log_level_setting,
     max_receive_setting,
+    max_request_media_setting,
     max_send_setting,
     model_setting,
     num_threads_setting,
 )
 from internvl_serve.common.telemetry import ENCODER_SERVICE, TelemetrySettings
+from internvl_serve.common.tls import ServerTls
 from internvl_serve.encoder.media.config import MediaLimits
 
 
@@ -46,9 +51,14 @@ class EncoderConfig:
     cache: CacheSettings = nested(CacheSettings)
     limits: MediaLimits = nested(MediaLimits)
     # Requests carry encoded media (32 MiB images, 256 MiB videos by default); replies inline embeddings.
-    max_receive_bytes: int = max_receive_setting(512 * MiB)
+    max_request_media_bytes: int = max_request_media_setting()
+    max_receive_bytes: int | None = max_receive_setting()
     max_send_bytes: int = max_send_setting(1024 * MiB)
+    max_in_flight: int = max_in_flight_setting(64)
     grace_s: float = grace_setting()
+    drain_notice_s: float = drain_notice_setting()
+    tls: ServerTls = nested(ServerTls)
+    auth_tokens_file: str | None = auth_tokens_setting()
     log_level: str = log_level_setting()
     telemetry: TelemetrySettings = TelemetrySettings.off(ENCODER_SERVICE)  # from the OTEL_* environment
 

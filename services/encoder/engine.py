@@ -21,6 +21,7 @@ from internvl_serve.common.embedding_blob import MEDIA_IMAGE, MEDIA_VIDEO, Encod
 from internvl_serve.common.embedding_cache import EmbeddingCache, make_media_id
 from internvl_serve.common.errors import InvalidArgument, NotFound, ResourceExhausted
 from internvl_serve.common.logs import log_event
+from internvl_serve.common.tenancy import DEFAULT_TENANT
 from internvl_serve.encoder.batcher import MicroBatcher
 from internvl_serve.encoder.config import EncoderConfig
 from internvl_serve.encoder.media.config import load_preprocess
@@ -148,6 +149,12 @@ class EncoderEngine:
                 "(split the request)"
             )
         limits = self.config.limits
+        total = sum(len(item.data) for item in items if not isinstance(item, MediaRef))
+        if total > self.config.max_request_media_bytes:
+            raise ResourceExhausted(
+                f"the request carries {total} media bytes; the limit is {self.config.max_request_media_bytes} "
+                "(--max-request-media-mb): send fewer or smaller media per request"
+            )
         for i, item in enumerate(items):
             if isinstance(item, ImageInput) and len(item.data) > limits.max_image_bytes:
                 raise ResourceExhausted(
@@ -158,9 +165,10 @@ class EncoderEngine:
                     f"media[{i}]: video of {len(item.data)} bytes is over the {limits.max_video_bytes}-byte limit"
                 )
 
-    async def encode(self, items: list[MediaInput]) -> list[EncodeOutcome]:
+    async def encode(self, items: list[MediaInput], tenant: str = DEFAULT_TENANT) -> list[EncodeOutcome]:
+        """`tenant`: whose media this is; cache entries and media_ids are scoped to it (embedding_cache.py)."""
         self.validate(items)
-        tasks = [asyncio.ensure_future(self._encode_one(i, item)) for i, item in enumerate(items)]
+        tasks = [asyncio.ensure_future(self._encode_one(i, item, tenant)) for i, item in enumerate(items)]
         try:
             return list(await asyncio.gather(*tasks))
         finally:
@@ -171,10 +179,10 @@ class EncoderEngine:
     def num_inflight(self) -> int:
         return len(self._inflight)
 
-    async def _encode_one(self, index: int, item: MediaInput) -> EncodeOutcome:
+    async def _encode_one(self, index: int, item: MediaInput, tenant: str) -> EncodeOutcome:
         attributes = _media_attributes(index, item)
         with self.tracer.start_as_current_span("internvl.encode_media", attributes=attributes) as span:
-            outcome = await self._encode_item(index, item)
+            outcome = await self._encode_item(index, item, tenant)
             blob = outcome.blob
             span.set_attributes(
                 {
@@ -190,14 +198,14 @@ class EncoderEngine:
             self.metrics.record_media("image" if blob.media_type == MEDIA_IMAGE else "video", outcome.cache_hit)
         return outcome
 
-    async def _encode_item(self, index: int, item: MediaInput) -> EncodeOutcome:
+    async def _encode_item(self, index: int, item: MediaInput, tenant: str) -> EncodeOutcome:
         try:
             if isinstance(item, MediaRef):
-                return await self._resolve(item.media_id)
+                return await self._resolve(item.media_id, tenant)
             preprocess_fp = self._preprocess_fingerprint(item)
             content_hash = hashlib.sha256(item.data).hexdigest()
             media_id = make_media_id(preprocess_fp, content_hash)
-            key = self.cache.key(preprocess_fp, content_hash)
+            key = self.cache.key(preprocess_fp, content_hash, tenant)
             blob = await self.cache.get(key)
             if blob is not None:
                 return EncodeOutcome(media_id, blob, cache_hit=True, in_cache=True)
@@ -206,8 +214,8 @@ class EncoderEngine:
         except (InvalidArgument, NotFound, ResourceExhausted) as exc:
             raise type(exc)(f"media[{index}]: {exc}") from None
 
-    async def _resolve(self, media_id: str) -> EncodeOutcome:
-        key = self.cache.key_for_media_id(media_id)
+    async def _resolve(self, media_id: str, tenant: str) -> EncodeOutcome:
+        key = self.cache.key_for_media_id(media_id, tenant)
         if key is None:
             raise InvalidArgument(f"media_id {media_id[:80]!r} is not an id this service issued")
         blob = await self.cache.get(key)

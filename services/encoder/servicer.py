@@ -8,6 +8,7 @@ from opentelemetry import trace
 
 from internvl_serve.common.embedding_blob import DTYPE_NAMES, MEDIA_IMAGE, tensor_bytes
 from internvl_serve.common.errors import InvalidArgument, Unavailable
+from internvl_serve.common.tenancy import current_tenant
 from internvl_serve.encoder.engine import EncodeOutcome, EncoderEngine, ImageInput, MediaInput, MediaRef, VideoInput
 from internvl_serve.pb.internvl.v1 import media_pb2
 from internvl_serve.pb.internvl.v1 import vision_encoder_service_pb2 as pb
@@ -62,7 +63,7 @@ class EncoderServicer(pb_grpc.VisionEncoderServiceServicer):
             raise Unavailable("the encoder is still loading its model; retry shortly")
         items = [media_input(i, m) for i, m in enumerate(request.media)]
         trace.get_current_span().set_attribute("internvl.media.count", len(items))
-        outcomes = await self.engine.encode(items)
+        outcomes = await self.engine.encode(items, current_tenant())
         trace.get_current_span().set_attribute("internvl.media_cache_hits", sum(o.cache_hit for o in outcomes))
         ttl = self.engine.config.cache.ttl_s
         return pb.EncodeResponse(

@@ -17,6 +17,7 @@ def decoder_config(model_dir, encoders: list[str], **overrides):
         num_kv_blocks=256,
         max_num_seqs=16,
         max_tokens_per_step=512,
+        drain_notice_s=0.0,  # tests stop servers often; the notice has tests of its own
     )
     return dataclasses.replace(base, **overrides)
 

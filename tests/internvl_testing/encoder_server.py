@@ -18,7 +18,9 @@ def encoder_config(model_dir, redis_url, **overrides):
         op_timeout_s=0.3,
         backoff_s=overrides.pop("backoff_s", 0.5),
     )
-    base = EncoderConfig(model=str(model_dir), port=0, cache=cache, video_workers=1, max_batch_wait_ms=20.0)
+    base = EncoderConfig(
+        model=str(model_dir), port=0, cache=cache, video_workers=1, max_batch_wait_ms=20.0, drain_notice_s=0.0
+    )
     return dataclasses.replace(base, **overrides)
 
 

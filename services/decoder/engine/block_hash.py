@@ -19,10 +19,19 @@ DIGEST_BYTES = 32
 _ROOT = b"internvl-serve/kv-block/v1"
 
 
-def hash_block(parent: bytes | None, token_ids: Sequence[int], media: Sequence[tuple[bytes, int, int]]) -> bytes:
-    """`media`: (item content hash, first row of the item in this block, rows in this block), in order."""
+def hash_block(
+    parent: bytes | None, token_ids: Sequence[int], media: Sequence[tuple[bytes, int, int]], salt: bytes = b""
+) -> bytes:
+    """`media`: (item content hash, first row of the item in this block, rows in this block), in order.
+    `salt` (the first block only; the rest chain it): who may share these blocks, e.g. a tenant, so one
+    tenant's prompts never hit, nor reveal through cached_tokens, another's cached KV."""
     h = hashlib.blake2b(digest_size=DIGEST_BYTES)
-    h.update(parent if parent is not None else _ROOT)
+    if parent is not None:
+        h.update(parent)
+    else:
+        h.update(_ROOT)
+        if salt:
+            h.update(b"S" + struct.pack("<Q", len(salt)) + salt)
     h.update(struct.pack(f"<Q{len(token_ids)}q", len(token_ids), *token_ids))
     for item_hash, first_row, num_rows in media:
         h.update(b"M" + struct.pack("<Q", len(item_hash)) + item_hash + struct.pack("<qq", first_row, num_rows))

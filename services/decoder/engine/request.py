@@ -22,7 +22,8 @@ class GenerationRequest:
     `messages` are Hugging Face chat messages: {"role": "system"|"user"|"assistant", "content": str or a
     list of {"type": "text", "text": ...} / {"type": "image"} / {"type": "video"} parts}. Media parts need
     no payload here: `media` holds the encoder's answer for each media part, in order of appearance.
-    `deadline` is a time.monotonic() instant (None: no deadline).
+    `deadline` is a time.monotonic() instant (None: no deadline). `cache_salt`: the tenant, unless tenants
+    share the cache.
     """
 
     messages: list[dict[str, Any]]
@@ -30,6 +31,7 @@ class GenerationRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     request_id: str = ""
     deadline: float | None = None
+    cache_salt: bytes = b""  # prefix-cache scope: requests share cached KV blocks only with the same salt
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ class Sequence:
     media_cache_hits: int = 0
     # (content hash, rows) of each media item in row order: part of the KV blocks' prefix-cache hashes
     media_items: list[tuple[bytes, int]] = field(default_factory=list)
+    cache_salt: bytes = b""  # prefix-cache scope (the tenant): blocks are shared only within one salt
     arrival_time: float = 0.0  # time.monotonic()
     first_scheduled_time: float | None = None  # time.monotonic() of its first step (queue time = this - arrival)
     deadline: float | None = None  # time.monotonic() instant
@@ -109,7 +110,7 @@ class Sequence:
                 start = i * block_size
                 block = tokens[start - base : start - base + block_size]
                 media = layout.segments(start, start + block_size) if layout is not None else []
-                hashes.append(hash_block(hashes[-1] if hashes else None, block, media))
+                hashes.append(hash_block(hashes[-1] if hashes else None, block, media, self.cache_salt))
         return hashes[:num_blocks]
 
     def _layout(self) -> MediaLayout | None:

@@ -49,6 +49,7 @@ def new_sequence(
         media_positions=list(prompt.media_positions),
         media_embeddings=prompt.media_embeddings,
         media_items=list(prompt.media_items),
+        cache_salt=request.cache_salt,
         media_cache_hits=sum(1 for m in request.media if m.cache_hit),
         arrival_time=time.monotonic(),
         deadline=request.deadline,

@@ -1,13 +1,14 @@
-"""The decoder's client of VisionEncoderService: round-robin over encoder replicas, retry on UNAVAILABLE,
-the caller's deadline propagated, and the encoder's own errors passed through with their codes. Each
-attempt is a CLIENT span whose context travels in the call's metadata, so the encoder's spans join the
-request's trace.
+"""The decoder's client of VisionEncoderService: one gRPC channel over every encoder replica, with gRPC's
+round_robin, client-side health checking and retry policy doing the failover (a replica that is down,
+loading or draining leaves the rotation; a retry goes to a replica that is up). The caller's deadline
+bounds the whole call, waits and retries included; the encoder's own errors pass through with their
+codes. Each call is a CLIENT span whose context travels in the call's metadata, so the encoder's spans
+join the request's trace.
 """
 
 from __future__ import annotations
 
-import asyncio
-import itertools
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -28,13 +29,18 @@ from internvl_serve.common.errors import (
 )
 from internvl_serve.common.logs import log_event
 from internvl_serve.common.outbound_span import outbound_span
+from internvl_serve.common.service_settings import REQUEST_OVERHEAD_BYTES
+from internvl_serve.common.tenancy import DEFAULT_TENANT, TENANT_METADATA
 from internvl_serve.decoder.config import DecoderConfig
+from internvl_serve.decoder.service.encoder_target import encoder_target
 from internvl_serve.pb.internvl.v1 import media_pb2
 from internvl_serve.pb.internvl.v1 import vision_encoder_service_pb2 as pb
 from internvl_serve.pb.internvl.v1 import vision_encoder_service_pb2_grpc as pb_grpc
 
 log = logging.getLogger("internvl_serve.decoder.service.encoder_client")
-ENCODE = "internvl.v1.VisionEncoderService/Encode"
+ENCODER_SERVICE = "internvl.v1.VisionEncoderService"
+ENCODE = f"{ENCODER_SERVICE}/Encode"
+MAX_GRPC_ATTEMPTS = 5  # gRPC caps a retry policy's maxAttempts at 5
 
 _PASS_THROUGH = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
@@ -64,96 +70,129 @@ def tensor_from_proto(t: media_pb2.Tensor) -> torch.Tensor:
     return tensor.view(torch.bfloat16) if t.dtype == "bfloat16" else tensor
 
 
-def channel_options(max_message_bytes: int) -> list[tuple[str, int | str]]:
+def service_config(attempts: int, backoff_s: float) -> str:
+    """round_robin over every address of the target, skipping replicas whose grpc.health.v1 says
+    NOT_SERVING (loading or draining), and gRPC's own retry of UNAVAILABLE with exponential backoff.
+    `waitForReady`: while no encoder is up, a call waits (within its deadline) instead of failing."""
+    method: dict[str, object] = {"name": [{"service": ENCODER_SERVICE}], "waitForReady": True}
+    if attempts > 1:
+        method["retryPolicy"] = {
+            "maxAttempts": min(attempts, MAX_GRPC_ATTEMPTS),
+            "initialBackoff": f"{max(backoff_s, 0.001):.3f}s",
+            "maxBackoff": f"{max(backoff_s * 8, 0.001):.3f}s",
+            "backoffMultiplier": 2,
+            "retryableStatusCodes": ["UNAVAILABLE"],
+        }
+    return json.dumps(
+        {
+            "loadBalancingConfig": [{"round_robin": {}}],
+            "healthCheckConfig": {"serviceName": ENCODER_SERVICE},
+            "methodConfig": [method],
+        }
+    )
+
+
+def channel_options(
+    max_message_bytes: int, attempts: int, backoff_s: float, max_request_bytes: int
+) -> list[tuple[str, int | str]]:
     return [
         # Embeddings of one request can be tens of MB (InternVL3-14B: ~2.5 MiB per tile in bf16).
         ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
-        # Spread calls over every address a name resolves to (compose replicas share one DNS name);
-        # gRPC's default pick_first would send everything to the first replica.
-        ("grpc.lb_policy_name", "round_robin"),
+        ("grpc.max_send_message_length", max_request_bytes),
+        ("grpc.service_config", service_config(attempts, backoff_s)),
+        ("grpc.enable_retries", 1),
+        # A request is kept for a retry only up to this size (default 256 KiB); media requests are larger.
+        ("grpc.per_rpc_retry_buffer_size", max_request_bytes),
         # Find a dead encoder between requests, not in the middle of one.
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
-        # Reconnect quickly after an encoder restarts.
+        # Reconnect quickly after an encoder restarts, so traffic returns to it.
         ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.min_reconnect_backoff_ms", 200),
         ("grpc.max_reconnect_backoff_ms", 2_000),
     ]
 
 
 class EncoderClient:
+    """One channel over all encoder replicas; failover, health and retries are gRPC's own."""
+
     def __init__(
         self,
         addresses: list[str],
         *,
         attempts: int = field_default(DecoderConfig, "encoder_attempts"),
         backoff_s: float = field_default(DecoderConfig, "encoder_backoff_s"),
+        timeout_s: float = field_default(DecoderConfig, "encoder_timeout_s"),
         max_message_bytes: int = field_default(DecoderConfig, "max_encoder_reply_bytes"),
+        max_request_bytes: int = field_default(DecoderConfig, "max_request_media_bytes") + REQUEST_OVERHEAD_BYTES,
+        credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
         tracer=None,
     ):
-        """`attempts`, `backoff_s`, `max_message_bytes`: the decoder's --encoder-attempts, --encoder-backoff-s
-        and --max-encoder-reply-mb (DecoderConfig's defaults). `tracer`: for the CLIENT spans (default: the
-        global tracer provider's)."""
-        if not addresses:
-            raise ValueError("at least one encoder address (HOST:PORT) is needed")
-        self.addresses = addresses
-        self.attempts = max(attempts, len(addresses))
-        self.backoff_s = backoff_s
-        self._channels = [grpc.aio.insecure_channel(a, options=channel_options(max_message_bytes)) for a in addresses]
-        self._stubs = [pb_grpc.VisionEncoderServiceStub(c) for c in self._channels]
-        self._next = itertools.cycle(range(len(addresses)))
+        """`attempts`, `backoff_s`, `timeout_s`, `max_message_bytes`: the decoder's --encoder-attempts,
+        --encoder-backoff-s, --encoder-timeout-s and --max-encoder-reply-mb. `max_request_bytes`: the
+        largest Encode request (the decoder's own request limit). `credentials`: TLS to the encoders;
+        `token`: sent as `authorization: Bearer` (--encoder-token). `tracer`: for the CLIENT spans."""
+        self.addresses = list(addresses)
+        self.target = encoder_target(self.addresses)
+        self.timeout_s = timeout_s
+        options = channel_options(max_message_bytes, attempts, backoff_s, max_request_bytes)
+        if credentials is None:
+            self._channel = grpc.aio.insecure_channel(self.target, options=options)
+        else:
+            self._channel = grpc.aio.secure_channel(self.target, credentials, options=options)
+        self._stub = pb_grpc.VisionEncoderServiceStub(self._channel)
+        self._auth = () if not token else (("authorization", f"Bearer {token}"),)
         # The encoders' vision-model fingerprint (part of every cache key), learned from their answers.
         self.model_fingerprint = ""
         self._tracer = tracer if tracer is not None else trace.get_tracer("internvl_serve.decoder")
 
     async def close(self) -> None:
-        await asyncio.gather(*(c.close() for c in self._channels), return_exceptions=True)
+        await self._channel.close()
 
-    async def encode(self, media: list[media_pb2.Media], deadline: float | None = None) -> list[EncodedResult]:
-        """Embeddings for `media`, in order. `deadline` is a time.monotonic() instant (the client's)."""
+    async def encode(
+        self, media: list[media_pb2.Media], deadline: float | None = None, tenant: str = DEFAULT_TENANT
+    ) -> list[EncodedResult]:
+        """Embeddings for `media`, in order. `deadline` is a time.monotonic() instant (the client's);
+        `tenant`: whose media this is (the encoder keys its cache by it)."""
         request = pb.EncodeRequest(media=media, return_embeddings=True)
-        last: grpc.RpcError | None = None
-        for attempt in range(self.attempts):
-            index = next(self._next)
-            timeout = None if deadline is None else deadline - time.monotonic()
-            if timeout is not None and timeout <= 0:
+        bound = self.timeout_s
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 raise DeadlineExceeded("the deadline passed while waiting for the vision encoder")
-            span = outbound_span(
-                self._tracer,
-                ENCODE,
-                self.addresses[index],
-                {"internvl.media.count": len(media), "internvl.rpc.attempt": attempt + 1},
-            )
-            try:
-                reply = await self._stubs[index].Encode(request, timeout=timeout, metadata=span.metadata)
-            except grpc.aio.AioRpcError as exc:
-                span.finish(exc.code(), exc)
-                error = _pass_through(exc)
-                if error is not None:
-                    raise error from None
-                last = exc
-                log_event(
-                    log,
-                    "encoder_unavailable",
-                    logging.WARNING,
-                    address=self.addresses[index],
-                    attempt=attempt + 1,
-                    code=exc.code().name,
-                )
-                await asyncio.sleep(self.backoff_s * (2**attempt))
-                continue
-            except BaseException:  # cancelled by the caller
-                span.finish(None)
-                raise
-            span.set_attributes({"internvl.media.cache_hits": sum(m.cache_hit for m in reply.media)})
-            span.finish(grpc.StatusCode.OK)
-            self.model_fingerprint = reply.model_fingerprint or self.model_fingerprint
-            return [_result(m) for m in reply.media]
-        raise Unavailable(
-            f"no vision encoder answered ({', '.join(self.addresses)}; {self.attempts} attempts, last: "
-            f"{last.code().name if last else 'none'}); retry later"
+            bound = min(bound, remaining)
+        span = outbound_span(
+            self._tracer, ENCODE, self.target, {"internvl.media.count": len(media), "internvl.tenant": tenant}
         )
+        metadata = (*(span.metadata or ()), *self._auth, (TENANT_METADATA, tenant))
+        try:
+            call = self._stub.Encode(request, timeout=bound, metadata=metadata)
+            reply = await call
+        except grpc.aio.AioRpcError as exc:
+            span.finish(exc.code(), exc)
+            raise self._error(exc, own_bound=deadline is None or bound < remaining) from None
+        except BaseException:  # cancelled by the caller
+            span.finish(None)
+            raise
+        span.set_attributes({"internvl.media.cache_hits": sum(m.cache_hit for m in reply.media)})
+        span.finish(grpc.StatusCode.OK)
+        self.model_fingerprint = reply.model_fingerprint or self.model_fingerprint
+        return [_result(m) for m in reply.media]
+
+    def _error(self, exc: grpc.aio.AioRpcError, own_bound: bool) -> ServiceError:
+        code = exc.code()
+        if code is grpc.StatusCode.DEADLINE_EXCEEDED and own_bound:
+            return Unavailable(f"no vision encoder answered within --encoder-timeout-s={self.timeout_s:g}; retry later")
+        error = _pass_through(exc)
+        if error is not None:
+            return error
+        log_event(log, "encoder_unavailable", logging.WARNING, target=self.target, code=code.name)
+        if code is grpc.StatusCode.UNAUTHENTICATED or code is grpc.StatusCode.PERMISSION_DENIED:
+            # Our own credentials were refused: an operator's problem, not the client's.
+            return Unavailable("the vision encoders refused this decoder's --encoder-token; retry later")
+        return Unavailable(f"no vision encoder answered ({self.target}: {code.name}); retry later")
 
 
 def _pass_through(exc: grpc.aio.AioRpcError) -> ServiceError | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from internvl_serve.common.embedding_blob import MEDIA_VIDEO
 from internvl_serve.common.embedding_cache import CacheSettings, EmbeddingCache
+from internvl_serve.common.tenancy import DEFAULT_TENANT
 from internvl_serve.decoder.service.encoder_client import EncodedResult
 from internvl_serve.pb.internvl.v1 import media_pb2
 
@@ -18,14 +19,18 @@ class MediaIdLookup:
     def __init__(self, settings: CacheSettings):
         self.cache = EmbeddingCache(settings, model_fingerprint="")
 
-    async def resolve(self, media: list[media_pb2.Media], model_fingerprint: str) -> list[EncodedResult | None]:
+    async def resolve(
+        self, media: list[media_pb2.Media], model_fingerprint: str, tenant: str = DEFAULT_TENANT
+    ) -> list[EncodedResult | None]:
         """A result for each media_id found in the cache; None for everything else (to be encoded)."""
         results: list[EncodedResult | None] = [None] * len(media)
         if not model_fingerprint:
             return results
         self.cache.model_fingerprint = model_fingerprint
         for i, item in enumerate(media):
-            key = self.cache.key_for_media_id(item.media_id) if item.WhichOneof("source") == "media_id" else None
+            key = (
+                self.cache.key_for_media_id(item.media_id, tenant) if item.WhichOneof("source") == "media_id" else None
+            )
             if key is None:
                 continue
             blob = await self.cache.get(key)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from internvl_serve.common.errors import InvalidArgument
+from internvl_serve.common.errors import InvalidArgument, ResourceExhausted
 from internvl_serve.decoder.engine import SamplingParams
 from internvl_serve.pb.internvl.v1 import generation_service_pb2 as pb
 from internvl_serve.pb.internvl.v1 import media_pb2
@@ -34,6 +34,16 @@ def chat_from_proto(messages) -> tuple[list[dict[str, Any]], list[media_pb2.Medi
                 raise InvalidArgument(f"messages[{i}].content[{j}] is empty: set text or media")
         chat.append({"role": message.role, "content": parts})
     return chat, media
+
+
+def check_media_bytes(media: list[media_pb2.Media], limit: int) -> None:
+    """The request's media bytes in all, against --max-request-media-mb (RESOURCE_EXHAUSTED)."""
+    total = sum(len(m.image.data) + len(m.video.data) for m in media)
+    if total > limit:
+        raise ResourceExhausted(
+            f"the request carries {total} media bytes; the limit is {limit} (--max-request-media-mb): send "
+            "fewer or smaller images and videos, or encode them first and send media_ids"
+        )
 
 
 def fix_media_types(chat: list[dict[str, Any]], is_video: list[bool]) -> None:

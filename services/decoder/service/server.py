@@ -8,7 +8,9 @@ import time
 from typing import Any
 
 from internvl_serve.common.logs import log_event
+from internvl_serve.common.security import SecurityFileError
 from internvl_serve.common.service_lifecycle import ServiceServer
+from internvl_serve.common.service_settings import receive_limit
 from internvl_serve.common.telemetry import Telemetry
 from internvl_serve.decoder.config import DecoderConfig
 from internvl_serve.decoder.engine import Engine, load_model
@@ -17,6 +19,14 @@ from internvl_serve.decoder.service.encoder_client import EncoderClient
 from internvl_serve.decoder.service.media_ids import MediaIdLookup
 from internvl_serve.decoder.service.servicer import SERVICE_NAME, GenerationServicer
 from internvl_serve.pb.internvl.v1 import generation_service_pb2_grpc as pb_grpc
+
+
+def encoder_credentials(config: DecoderConfig):
+    """TLS to the encoders (--encoder-tls-*), or None; a bad file stops the decoder at start (exit 2)."""
+    try:
+        return config.encoder_tls.credentials()
+    except ValueError as exc:
+        raise SecurityFileError(str(exc)) from None
 
 
 class DecoderServer(ServiceServer):
@@ -30,7 +40,11 @@ class DecoderServer(ServiceServer):
                 list(config.encoders),
                 attempts=config.encoder_attempts,
                 backoff_s=config.encoder_backoff_s,
+                timeout_s=config.encoder_timeout_s,
                 max_message_bytes=config.max_encoder_reply_bytes,
+                max_request_bytes=receive_limit(config),
+                credentials=encoder_credentials(config),
+                token=config.encoder_token,
                 tracer=tracer,
             )
             if config.encoders

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from opentelemetry import trace
 
 from internvl_serve.common.errors import ServiceError, Unavailable
+from internvl_serve.common.tenancy import DEFAULT_TENANT, current_tenant
 from internvl_serve.decoder.engine import (
     Engine,
     FinishReason,
@@ -25,6 +26,7 @@ from internvl_serve.decoder.service.encoder_client import EncoderClient
 from internvl_serve.decoder.service.media_ids import MediaIdLookup
 from internvl_serve.decoder.service.proto_convert import (
     chat_from_proto,
+    check_media_bytes,
     check_request_id,
     fix_media_types,
     sampling_from_proto,
@@ -140,41 +142,47 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             raise Unavailable("the decoder is still loading its model; retry shortly")
         request_id = check_request_id(request.request_id) or uuid.uuid4().hex
         chat, media = chat_from_proto(request.messages)
+        check_media_bytes(media, engine.config.max_request_media_bytes)
+        tenant = current_tenant()
+        span.set_attribute("internvl.tenant", tenant)
         sampling = sampling_from_proto(request.sampling)
         chat_trace.request(span, request_id, sampling, engine.config.default_max_new_tokens, chat, len(media))
         engine.check(chat, sampling)  # cheap checks before any media is encoded
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
-        embeddings = await self._encode(media, deadline)
+        embeddings = await self._encode(media, deadline, tenant)
         fix_media_types(chat, [m.media_type == "video" for m in embeddings])
-        deltas = engine.generate(GenerationRequest(chat, embeddings, sampling, request_id, deadline))
+        # Tenants never share cached KV (a hit would show in cached_tokens) unless the cache is shared.
+        shared = tenant == DEFAULT_TENANT or engine.config.cache.share_across_tenants
+        salt = b"" if shared else tenant.encode()
+        deltas = engine.generate(GenerationRequest(chat, embeddings, sampling, request_id, deadline, salt))
         return request_id, deltas
 
-    async def _encode_item(self, index: int, item, deadline: float | None):
+    async def _encode_item(self, index: int, item, deadline: float | None, tenant: str):
         """One media part; the encoder's verdict names it by its place among the request's media."""
         try:
-            return (await self.encoders.encode([item], deadline))[0]
+            return (await self.encoders.encode([item], deadline, tenant))[0]
         except ServiceError as exc:
             message = str(exc)
             if message.startswith("media[0]"):
                 raise type(exc)(f"media[{index}]{message[len('media[0]') :]}") from None
             raise
 
-    async def _encode(self, media, deadline: float | None) -> list[MediaEmbedding]:
+    async def _encode(self, media, deadline: float | None, tenant: str) -> list[MediaEmbedding]:
         if not media:
             return []
         if self.encoders is None:
             raise Unavailable("this decoder has no vision encoder (--encoder HOST:PORT); it can answer text only")
         results = [None] * len(media)
         if self.media_ids is not None:  # media_ids straight from the cache where possible
-            results = await self.media_ids.resolve(media, self.encoders.model_fingerprint)
+            results = await self.media_ids.resolve(media, self.encoders.model_fingerprint, tenant)
         todo = [i for i, r in enumerate(results) if r is None]
         if todo:
             # One Encode call per item, all at once: items spread over the encoder replicas (round robin)
             # and one encoder micro-batches them together; the first error cancels the rest.
             try:
                 async with asyncio.TaskGroup() as group:
-                    calls = {i: group.create_task(self._encode_item(i, media[i], deadline)) for i in todo}
+                    calls = {i: group.create_task(self._encode_item(i, media[i], deadline, tenant)) for i in todo}
             except ExceptionGroup as errors:  # the first item's error is the request's answer
                 raise errors.exceptions[0] from None
             for i, call in calls.items():

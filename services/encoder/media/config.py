@@ -113,6 +113,13 @@ class MediaLimits:
     max_video_seconds: float = 3 * 3600.0
     max_video_pixels_per_frame: int = 8192 * 8192
     decode_timeout_s: float = setting(60.0, "a slower video decode is killed", flag="--video-decode-timeout-s")
+    # RLIMIT_AS of each video worker process: a hostile video fails alone instead of exhausting the host.
+    video_worker_memory_bytes: int = setting(
+        2048 * MiB,
+        "address-space limit of each video worker process, in MiB (a video needing more is rejected)",
+        flag="--video-worker-memory-mb",
+        scale=MiB,
+    )
 
     def problems(self) -> list[str]:
         named = {
@@ -122,6 +129,7 @@ class MediaLimits:
             "--max-image-side": self.max_image_side,
             "--max-num-frames": self.max_num_frames,
             "--video-decode-timeout-s": self.decode_timeout_s,
+            "--video-worker-memory-mb": self.video_worker_memory_bytes,
         }
         return [f"{flag} must be > 0, got {value}" for flag, value in named.items() if value <= 0]
 

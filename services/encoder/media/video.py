@@ -84,7 +84,12 @@ class VideoDecoder:
     ):
         self.preprocess = preprocess
         self.limits = limits
-        self._pool = VideoWorkerPool(workers, enable_test_hooks=enable_test_hooks, startup_timeout_s=startup_timeout_s)
+        self._pool = VideoWorkerPool(
+            workers,
+            enable_test_hooks=enable_test_hooks,
+            startup_timeout_s=startup_timeout_s,
+            memory_limit_bytes=limits.video_worker_memory_bytes,
+        )
         # One thread per worker: requests beyond that wait in the executor's queue, not in a thread.
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="video-decode")
 

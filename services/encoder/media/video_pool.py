@@ -114,11 +114,19 @@ class VideoWorkerPool:
     """`workers` processes; `run` borrows one for a request and gives it back (or replaces it)."""
 
     def __init__(
-        self, workers: int, *, enable_test_hooks: bool = False, startup_timeout_s: float = WORKER_STARTUP_TIMEOUT_S
+        self,
+        workers: int,
+        *,
+        enable_test_hooks: bool = False,
+        startup_timeout_s: float = WORKER_STARTUP_TIMEOUT_S,
+        memory_limit_bytes: int | None = None,
     ):
+        """`memory_limit_bytes`: each worker's RLIMIT_AS (the worker sets it on itself before importing PyAV)."""
         if workers < 1:
             raise ValueError("a video worker pool needs at least one worker")
         self._argv = [sys.executable, "-m", _WORKER_MODULE] + (["--enable-test-hooks"] if enable_test_hooks else [])
+        if memory_limit_bytes:
+            self._argv += ["--memory-limit-bytes", str(int(memory_limit_bytes))]
         self._env = dict(os.environ)
         self._startup_timeout_s = startup_timeout_s
         self._idle: queue.Queue[_Worker] = queue.Queue()

@@ -30,6 +30,7 @@ ACCEPTED = "MP4/MOV, WebM/MKV, AVI or MPEG-TS with H.264, H.265, VP8, VP9, AV1, 
 MAX_REQUEST_BYTES = 1 << 34  # the server enforces the real byte limit before sending
 _TEST_CRASH = b"INTERNVL-TEST-CRASH"
 _TEST_HANG = b"INTERNVL-TEST-HANG"
+_TEST_ALLOC = b"INTERNVL-TEST-ALLOC"  # what a decompression bomb does: allocate until the limit stops it
 
 
 class Rejected(Exception):
@@ -136,6 +137,16 @@ def decode(av, data: bytes, indices: list[int], limits: dict[str, Any]) -> tuple
     return count, kept
 
 
+def _allocate_past_the_limit() -> None:
+    import resource
+
+    if resource.getrlimit(resource.RLIMIT_AS)[0] == resource.RLIM_INFINITY:
+        raise Rejected("test hook: no memory limit is set, so nothing is allocated")
+    held = []
+    while True:  # ends in MemoryError at RLIMIT_AS
+        held.append(bytearray(64 << 20))
+
+
 def _serve_one(av, rfd: int, wfd: int, header: dict[str, Any], data: bytes, test_hooks: bool) -> None:
     if test_hooks and data.startswith(_TEST_CRASH):
         import signal
@@ -145,6 +156,8 @@ def _serve_one(av, rfd: int, wfd: int, header: dict[str, Any], data: bytes, test
         import time
 
         time.sleep(3600)
+    if test_hooks and data.startswith(_TEST_ALLOC):
+        _allocate_past_the_limit()
     limits = header["limits"]
     info = probe(av, data, limits)
     if info["total"] == 0:
@@ -168,8 +181,21 @@ def _serve_one(av, rfd: int, wfd: int, header: dict[str, Any], data: bytes, test
     raise Rejected("video decodes to a different number of frames on each pass; the file is corrupt")
 
 
+def _memory_limit(argv: list[str]) -> int | None:
+    """Apply `--memory-limit-bytes N` as this process's RLIMIT_AS (address space): FFmpeg's and numpy's
+    allocations past it fail here, in this worker, not on the host."""
+    if "--memory-limit-bytes" not in argv:
+        return None
+    import resource
+
+    limit = int(argv[argv.index("--memory-limit-bytes") + 1])
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    return limit
+
+
 def main(argv: list[str]) -> int:
     test_hooks = "--enable-test-hooks" in argv
+    memory_limit = _memory_limit(argv)
     # The protocol owns the original stdout; anything else printing (FFmpeg, Python) goes to stderr.
     rfd, wfd = sys.stdin.fileno(), os.dup(sys.stdout.fileno())
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
@@ -189,6 +215,11 @@ def main(argv: list[str]) -> int:
             wire.send(wfd, {"stage": "error", "message": str(exc)})
         except wire.WireClosed:
             return 0
+        except MemoryError:
+            del data
+            limit = f"{memory_limit // (1 << 20)} MiB" if memory_limit else "the memory available"
+            message = f"decoding this video needs more than the video worker's {limit}; send a smaller video"
+            wire.send(wfd, {"stage": "error", "message": message, "memory": True})
         except Exception as exc:  # noqa: BLE001 - an unexpected failure still answers, then the server goes on
             wire.send(wfd, {"stage": "error", "message": f"video could not be decoded ({_reason(exc)})"})
 

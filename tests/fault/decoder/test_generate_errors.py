@@ -157,12 +157,18 @@ def test_deadline_frees_blocks_and_says_so(servers):
 
 
 def test_unreachable_encoder_is_unavailable(tiny_model_dir):
-    decoder = start_decoder(decoder_config(tiny_model_dir, [f"127.0.0.1:{free_port()}"]))
+    """No encoder up for the whole bound: UNAVAILABLE without a client deadline (after
+    --encoder-timeout-s), DEADLINE_EXCEEDED when the client's deadline is the shorter."""
+    config = decoder_config(tiny_model_dir, [f"127.0.0.1:{free_port()}"], encoder_timeout_s=1.0)
+    decoder = start_decoder(config)
     channel, stub = generation_stub(decoder.address)
     try:
         with pytest.raises(grpc.RpcError) as err:
             stub.Generate(pb.GenerateRequest(messages=[_msg("user", _img(), _text("x"))]))
-        assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "encoder" in err.value.details()
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "--encoder-timeout-s" in err.value.details()
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Generate(pb.GenerateRequest(messages=[_msg("user", _img(), _text("x"))]), timeout=0.5)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         text_only = stub.Generate(
             pb.GenerateRequest(messages=[_msg("user", _text("hi"))], sampling=pb.SamplingParams(max_new_tokens=2))
         )

@@ -26,10 +26,10 @@ def test_a_call_still_encoding_its_media_finishes_during_the_drain(tiny_model_di
         entered, release = threading.Event(), asyncio.Event()
         real_encode = server.encoders.encode
 
-        async def held_encode(media, deadline=None):  # the encoder call waits until the test lets it go
+        async def held_encode(media, deadline=None, tenant="default"):  # waits until the test lets it go
             entered.set()
             await release.wait()
-            return await real_encode(media, deadline)
+            return await real_encode(media, deadline, tenant)
 
         server.encoders.encode = held_encode
         chat = [

@@ -96,7 +96,10 @@ def test_media_ids_resolve_from_redis_without_an_encoder(tiny_model_dir, media_d
 
     redis = RedisServer()
     encoder = start_encoder(encoder_config(tiny_model_dir, redis.url))
-    decoder = start_decoder(decoder_config(tiny_model_dir, [encoder.address], cache=CacheSettings(url=redis.url)))
+    config = decoder_config(
+        tiny_model_dir, [encoder.address], cache=CacheSettings(url=redis.url), encoder_timeout_s=2.0
+    )
+    decoder = start_decoder(config)
     channel, stub = generation_stub(decoder.address)
     try:
         enc_channel, enc = encoder_stub(encoder.address)

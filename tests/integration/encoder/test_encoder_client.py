@@ -1,4 +1,5 @@
-"""The decoder's encoder client: round robin, retry on UNAVAILABLE, deadlines, pass-through of errors."""
+"""The decoder's encoder client: one round_robin channel, retry on UNAVAILABLE, deadlines, pass-through of
+errors. (Failover under SIGKILL and SIGTERM of real encoder processes: tests/fault/encoder/test_failover.py.)"""
 
 from __future__ import annotations
 
@@ -41,15 +42,17 @@ def test_skips_a_dead_replica_and_returns_the_embeddings(encoder, encode_stub):
         assert result.num_tiles * result.tokens_per_tile == result.embeddings.shape[0]
 
 
-def test_no_replica_reachable_is_unavailable():
+def test_no_replica_up_for_the_whole_bound_is_unavailable():
+    """The call waits for an encoder to come up (gRPC's wait-for-ready), within --encoder-timeout-s."""
+
     async def go():
-        client = EncoderClient([f"127.0.0.1:{free_port()}"], attempts=2, backoff_s=0.01)
+        client = EncoderClient([f"127.0.0.1:{free_port()}"], attempts=2, backoff_s=0.01, timeout_s=1.0)
         try:
             await client.encode([image(PNG)])
         finally:
             await client.close()
 
-    with pytest.raises(Unavailable, match="no vision encoder answered"):
+    with pytest.raises(Unavailable, match="no vision encoder answered within --encoder-timeout-s=1"):
         _run(go)
 
 

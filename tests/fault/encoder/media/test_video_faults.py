@@ -169,3 +169,24 @@ def test_closed_decoder_refuses_work(fault_pp, clips):
     decoder.close()  # idempotent
     with pytest.raises(Unavailable, match="shutting down"):
         decoder.decode_sync(clips["good"], 4)
+
+
+def test_a_video_that_needs_more_memory_than_the_worker_limit_fails_alone(fault_pp, clips):
+    """RLIMIT_AS on the worker: a decompression bomb's allocations fail in the worker, the request gets an
+    actionable INVALID_ARGUMENT, and the next video decodes (the host never ran out)."""
+    limits = MediaLimits(decode_timeout_s=30, video_worker_memory_bytes=512 << 20)
+    with VideoDecoder(fault_pp[1], limits, workers=1, enable_test_hooks=True) as decoder:
+        with pytest.raises(InvalidMedia, match="more than the video worker's 512 MiB"):
+            decoder.decode_sync(b"INTERNVL-TEST-ALLOC" + b"\0" * 64, 4)
+        (worker,) = decoder._pool._all  # white-box: the limit is on the worker process itself
+        assert _address_space_limit(worker.proc.pid) == (512 << 20, 512 << 20)
+        _still_works(decoder, clips)
+        assert decoder.workers_replaced == 0  # the worker answered and lived on
+
+
+def _address_space_limit(pid: int) -> tuple[int, int]:
+    for line in open(f"/proc/{pid}/limits"):
+        if line.startswith("Max address space"):
+            soft, hard = line.split()[3:5]
+            return int(soft), int(hard)
+    raise AssertionError("no address-space line")

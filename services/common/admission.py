@@ -1,0 +1,49 @@
+"""A cap on the calls a service works on at once (--max-in-flight): beyond it a call is refused at once
+with RESOURCE_EXHAUSTED, before its request is looked at, so a flood cannot queue unbounded memory
+(each call holds its request, up to --max-receive-mb, and its media). Health and reflection are not
+counted, so probes keep answering under load.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import grpc
+
+from internvl_serve.common.auth import OPEN_SERVICES
+from internvl_serve.common.config_fields import setting
+from internvl_serve.common.rpc_wrap import wrap_rpc
+
+
+def max_in_flight_setting(default: int) -> Any:
+    return setting(default, "calls handled at once; more get RESOURCE_EXHAUSTED (retry with backoff)")
+
+
+class InFlightLimit(grpc.aio.ServerInterceptor):
+    def __init__(self, limit: int, kind: str):
+        self.limit = limit
+        self.kind = kind
+        self.in_flight = 0
+
+    def _message(self) -> str:
+        return (
+            f"this {self.kind} is handling {self.in_flight} calls, its limit (--max-in-flight {self.limit}); "
+            "retry with backoff or add replicas"
+        )
+
+    @contextlib.asynccontextmanager
+    async def _admit(self, context):
+        if self.in_flight >= self.limit:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self._message())
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler_call_details.method.startswith(OPEN_SERVICES):
+            return handler
+        return wrap_rpc(handler, self._admit)
