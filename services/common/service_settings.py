@@ -100,8 +100,10 @@ def common_problems(config: Any) -> list[str]:
         problems.append("--max-receive-mb and --max-send-mb must be > 0")
     if config.max_request_media_bytes < 1:
         problems.append("--max-request-media-mb must be > 0")
-    if config.grace_s < 0 or config.drain_notice_s < 0:
-        problems.append(f"--grace-s and --drain-notice-s must be >= 0, got {config.grace_s}, {config.drain_notice_s}")
+    if config.grace_s < 0:
+        problems.append(f"--grace-s must be >= 0, got {config.grace_s}")
+    if config.drain_notice_s < 0:
+        problems.append(f"--drain-notice-s must be >= 0, got {config.drain_notice_s}")
     if config.max_in_flight < 1:
         problems.append(f"--max-in-flight must be >= 1, got {config.max_in_flight}")
     problems += config.tls.problems()

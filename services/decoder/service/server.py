@@ -80,7 +80,13 @@ class DecoderServer(ServiceServer):
             await self.server.stop(0)
             return
         finished = await self._wait_quiet(grace_s)
-        log_event(self.log, "decoder_draining", finished_in_grace=finished)
+        log_event(
+            self.log,
+            "decoder_draining",
+            finished_in_grace=finished,
+            kv_blocks_free=self.engine.num_free_blocks,  # all of them again once every call is done
+            kv_blocks_total=self.engine.num_total_blocks,
+        )
         await self.server.stop(1.0)
 
     async def _wait_quiet(self, timeout_s: float) -> bool:

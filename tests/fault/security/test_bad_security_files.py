@@ -23,12 +23,9 @@ def files(tmp_path_factory):
     return root, pki
 
 
-def _start(command: str, tiny_model_dir, *flags: str) -> subprocess.CompletedProcess:
-    exe = Path(sys.executable).with_name("internvl-serve")
-    argv = [str(exe), command, "--model", str(tiny_model_dir), "--port", "0", *flags]
-    if command == "decoder":
-        argv += ["--encoder", "127.0.0.1:1"]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=120)
+def _argv(command: str, tiny_model_dir, *flags: str) -> list[str]:
+    argv = [command, "--model", str(tiny_model_dir), "--port", "0", *flags]
+    return argv + (["--encoder", "127.0.0.1:1"] if command == "decoder" else [])
 
 
 CASES = [
@@ -66,9 +63,27 @@ CASES = [
 
 
 @pytest.mark.parametrize("command,flags,message", CASES)
-def test_a_bad_file_is_a_usage_error_at_start(files, tiny_model_dir, command, flags, message):
+def test_a_bad_file_is_a_usage_error_at_start(files, tiny_model_dir, command, flags, message, capsys, monkeypatch):
+    """In-process (the command's own code path, minus the process start-up)."""
+    from internvl_serve.cli import main
+
+    monkeypatch.setattr("internvl_serve.common.logs.setup_logging", lambda level: None)  # keep pytest's handlers
     root, pki = files
-    result = _start(command, tiny_model_dir, *flags(root, pki))
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert message in result.stderr, result.stderr[-2000:]
-    assert "_serving" not in result.stdout + result.stderr
+    with pytest.raises(SystemExit) as exit_:
+        main(_argv(command, tiny_model_dir, *flags(root, pki)))
+    out, err = capsys.readouterr()
+    assert exit_.value.code == 2, err[-2000:]
+    assert message in err, err[-2000:]
+    assert "_serving" not in out + err
+
+
+def test_the_process_exits_2_before_it_listens(files, tiny_model_dir):
+    root, pki = files
+    exe = Path(sys.executable).with_name("internvl-serve")
+    argv = [
+        str(exe),
+        *_argv("encoder", tiny_model_dir, "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.other_key)),
+    ]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "the key does not match the certificate" in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and "encoder_serving" not in result.stdout

@@ -48,7 +48,7 @@ def test_the_encoder_client_settings_reach_the_config():
     c = parse("--max-encoder-reply-mb", "256", "--encoder-attempts", "5", "--encoder-backoff-s", "0.5")
     assert (c.max_encoder_reply_bytes, c.encoder_attempts, c.encoder_backoff_s) == (256 * MiB, 5, 0.5)
     d = parse()
-    assert (d.max_encoder_reply_bytes, d.encoder_attempts, d.encoder_backoff_s) == (1024 * MiB, 3, 0.1)
+    assert (d.max_encoder_reply_bytes, d.encoder_attempts, d.encoder_backoff_s) == (1024 * MiB, 5, 0.1)
 
 
 @pytest.mark.parametrize(
