@@ -183,6 +183,7 @@ def _results(args, tally, elapsed: float, events: list[dict], rss: dict, drain_b
         if rss.get(f"{k} start")
     }
     return {
+        "model": args.model or "tiny (random weights, made by the script)",
         "clients": args.clients,
         "duration_s": round(elapsed, 1),
         "sent": tally.sent,
@@ -230,6 +231,12 @@ def _markdown(r: dict) -> str:
             table(["", "value"], rows),
             "",
             "Mix: " + ", ".join(f"{k} {n}" for k, n in r["by_kind"].items()) + ".",
+            "",
+            f"Checkpoint: {r['model']}. On the tiny random checkpoint these figures measure the serving machinery "
+            "(failover, retries, caches, drains, cancellation) under faults, not model speed; latency is from the "
+            "request's start to its answer, over the calls that succeeded. A request counts as failed only when "
+            "the client library (with its own retries) gave up; cancelled streams and 50 ms deadlines are what "
+            "the client asked for.",
         ]
     )
 

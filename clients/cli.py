@@ -14,7 +14,8 @@ EXIT_CODES = """\
 exit codes:
   0  success
   1  any other error (the server's status code and message are printed)
-  2  usage error or bad input: a missing file, a url without --allow-urls, INVALID_ARGUMENT from the server
+  2  usage error or bad input: a missing file, a url without --allow-urls, INVALID_ARGUMENT from the server,
+     or a missing or unknown token (UNAUTHENTICATED)
   3  the server cannot be reached or is unavailable (UNAVAILABLE)
 
 Errors are printed on one line on stderr, without a traceback."""

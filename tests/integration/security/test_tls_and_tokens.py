@@ -97,3 +97,15 @@ def test_the_tenant_is_on_the_spans_and_no_token_is_anywhere(secure_stack, caplo
     text += caplog.text
     for token in (ALICE, BOB, DECODER, "wrong-token-0123456789"):
         assert token not in text
+
+
+def test_the_cli_takes_tls_and_a_token(secure_stack, capsys, monkeypatch):
+    from internvl_serve.clients.cli import EXIT_OK, EXIT_USAGE, main
+
+    monkeypatch.delenv("INTERNVL_TOKEN", raising=False)
+    target = ["--target", f"localhost:{secure_stack.decoder.port}", "--tls-ca", str(secure_stack.pki.ca)]
+    assert main(["generate", *target, "--token", ALICE, "--max-new-tokens", "2", "Hi"]) == EXIT_OK
+    assert main(["generate", *target, "--max-new-tokens", "2", "Hi"]) == EXIT_USAGE
+    assert "UNAUTHENTICATED" in capsys.readouterr().err
+    monkeypatch.setenv("INTERNVL_TOKEN", BOB)
+    assert main(["generate", *target, "--max-new-tokens", "2", "Hi"]) == EXIT_OK
