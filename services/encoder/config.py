@@ -54,7 +54,7 @@ class EncoderConfig:
     max_request_media_bytes: int = max_request_media_setting()
     max_receive_bytes: int | None = max_receive_setting()
     max_send_bytes: int = max_send_setting(1024 * MiB)
-    max_in_flight: int = max_in_flight_setting(64)
+    max_in_flight: int = max_in_flight_setting(256)  # the decoders send one Encode call per media item
     grace_s: float = grace_setting()
     drain_notice_s: float = drain_notice_setting()
     tls: ServerTls = nested(ServerTls)
