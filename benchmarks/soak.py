@@ -98,7 +98,7 @@ class Stack:
             extra["drain_log"] = last_event(self.work / "decoder-A.log", "decoder_draining")
             self.decoders["A"] = self._decoder("A2", port=old.port)
             self.decoders["A"].wait_healthy(300)
-        return {"fault": what, "took_s": round(time.monotonic() - started, 2), **extra}
+        return {"fault": what, "monotonic": started, "took_s": round(time.monotonic() - started, 2), **extra}
 
     def stop(self) -> dict:
         """SIGTERM everything; the long-lived decoder's drain report (its KV blocks)."""
@@ -165,7 +165,7 @@ def main() -> int:
     if not args.no_docs:
         write_section("soak", markdown)
     print(markdown)
-    return 0 if results["non_retryable_failures"] == 0 else 1
+    return 0 if results["non_retryable_failures"] == 0 and results["failed_during_drain"] == 0 else 1
 
 
 def _rss(stack: Stack, when: str) -> dict:
@@ -193,6 +193,7 @@ def _results(args, tally, elapsed: float, events: list[dict], rss: dict, drain_b
         "retryable_failures": tally.failed(retryable=True),
         "non_retryable_failures": tally.failed(retryable=False),
         "media_ids_resent": tally.resent,
+        "failed_during_drain": _failed_during_drain(tally, events),
         "by_kind": {k: tally.by_kind[k] for k in KINDS},
         "p50_s": round(statistics.median(lat), 3) if lat else None,
         "p99_s": round(lat[min(len(lat) - 1, int(0.99 * len(lat)))], 3) if lat else None,
@@ -204,6 +205,16 @@ def _results(args, tally, elapsed: float, events: list[dict], rss: dict, drain_b
     }
 
 
+def _failed_during_drain(tally, events: list[dict]) -> int:
+    """Failures from the drain's start until 5 s after the drained decoder is back (target 0)."""
+    drain = next((e for e in events if "drained_exit_code" in e), None)
+    if drain is None:
+        return 0
+    start = drain["monotonic"]
+    end = start + drain["took_s"] + 5.0
+    return sum(1 for t in tally.failure_times if start <= t <= end)
+
+
 def _markdown(r: dict) -> str:
     failed = ", ".join(f"{c} {n}" for c, n in sorted(r["failed_by_code"].items())) or "none"
     kv = r["kv_blocks_at_end"]
@@ -213,6 +224,7 @@ def _markdown(r: dict) -> str:
         ["cancelled / short deadline (asked for)", r["expected"]],
         ["failed, by code", failed],
         ["non-retryable failures (target 0)", r["non_retryable_failures"]],
+        ["failures while decoder A drained and restarted (target 0)", r["failed_during_drain"]],
         ["media_ids resent after the cache loss", r["media_ids_resent"]],
         ["latency p50 / p99 (s)", f"{r['p50_s']} / {r['p99_s']}"],
         ["RSS growth, encoder B / decoder B (target < 10%)", " / ".join(f"{v}%" for v in r["rss_growth_pct"].values())],

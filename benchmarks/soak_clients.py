@@ -62,6 +62,7 @@ class Tally:
     latencies_s: list[float] = field(default_factory=list)  # requests that succeeded
     failures: list[str] = field(default_factory=list)
     resent: int = 0  # media_ids gone with the cache, resent as bytes
+    failure_times: list[float] = field(default_factory=list)  # time.monotonic() of each failure
 
     @property
     def sent(self) -> int:
@@ -149,6 +150,8 @@ class SoakClients:
             return "ok"
         except InternVLError as exc:
             return self._failed(kind, exc)
+        except Exception as exc:  # noqa: BLE001 - anything else is a failure too, never a silent dead client
+            return self._failed(kind, InternVLError(f"{type(exc).__name__}: {exc}", code=None), "CLIENT_ERROR")
 
     def _request(self, kind: str, seed: int, rng: random.Random) -> list[dict]:
         if kind == "new image":
@@ -171,8 +174,10 @@ class SoakClients:
             return encoded.media_id, data
         return rng.choice(known)
 
-    def _failed(self, kind: str, exc: InternVLError) -> str:
+    def _failed(self, kind: str, exc: InternVLError, code: str | None = None) -> str:
+        code = code or exc.code_name
         with self._lock:
+            self.tally.failure_times.append(time.monotonic())
             if len(self.tally.failures) < 20:
-                self.tally.failures.append(f"{kind}: {exc.code_name}: {exc.details[:200]}")
-        return exc.code_name
+                self.tally.failures.append(f"{kind}: {code}: {exc.details[:200]}")
+        return code

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -82,6 +83,11 @@ class _ClientBase:
         self._credentials = credentials or tls_credentials(tls_ca, tls_cert, tls_key)
         token = token if token is not None else os.environ.get("INTERNVL_TOKEN")
         self._auth = (("authorization", f"Bearer {token}"),) if token else ()
+        if token and self._credentials is None and not _is_loopback(target):
+            warnings.warn(
+                f"sending a token to {target} without TLS: anyone on the path can read it (pass tls_ca=)",
+                stacklevel=3,
+            )
         self._settings = channel_settings or ChannelSettings()
         self._tracer = get_tracer(tracer_provider)
 
@@ -116,6 +122,11 @@ class _ClientBase:
         request = encode_request(media, self.url_policy, num_frames=frames)
         request.return_embeddings = return_embeddings
         return request
+
+
+def _is_loopback(target: str) -> bool:
+    host = target.split("://", 1)[-1].rpartition(":")[0].strip("[]") or target
+    return host in ("localhost", "127.0.0.1", "::1") or host.startswith("127.")
 
 
 def _batch_ids(request_id: str | None, n: int) -> list[str | None]:

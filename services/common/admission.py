@@ -11,9 +11,8 @@ from typing import Any
 
 import grpc
 
-from internvl_serve.common.auth import OPEN_SERVICES
 from internvl_serve.common.config_fields import setting
-from internvl_serve.common.rpc_wrap import wrap_rpc
+from internvl_serve.common.rpc_wrap import is_infrastructure, wrap_rpc
 
 
 def max_in_flight_setting(default: int) -> Any:
@@ -44,6 +43,6 @@ class InFlightLimit(grpc.aio.ServerInterceptor):
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
-        if handler_call_details.method.startswith(OPEN_SERVICES):
+        if is_infrastructure(handler_call_details.method):
             return handler
         return wrap_rpc(handler, self._admit)

@@ -36,6 +36,7 @@ class Setting:
     scale: float | None = None  # a byte count given in a larger unit: field = int(flag value * scale)
     parse: Callable[[str], Any] | None = None  # flag text -> flag value (the field's, unless `scale`)
     choices: tuple[str, ...] | None = None
+    secret: bool = False  # a token: never shown in --help or the config's repr
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,8 @@ class Nested:
 
 def setting(default: Any = MISSING, help: str = "", **kwargs) -> Any:
     """A dataclass field with a flag. No default: the flag is required."""
-    return field(default=default, metadata={_KEY: Setting(help, **kwargs)})
+    spec = Setting(help, **kwargs)
+    return field(default=default, repr=not spec.secret, metadata={_KEY: spec})
 
 
 def nested(cls: type, **defaults: Any) -> Any:
@@ -133,7 +135,7 @@ def _flag_type(spec: Setting, default: Any) -> Callable[[str], Any] | None:
 
 
 def _help(spec: Setting, shown: Any) -> str:
-    if shown is MISSING or shown is None or shown == "":
+    if shown is MISSING or shown is None or shown == "" or spec.secret:
         return spec.help
     return f"{spec.help} (default: {shown:g})" if isinstance(shown, float) else f"{spec.help} (default: {shown})"
 

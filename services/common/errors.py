@@ -48,6 +48,11 @@ class DeadlineExceeded(ServiceError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+class StartupError(ValueError):
+    """A setting the service can only check at start (a TLS or tokens file, an encoder address that does
+    not resolve): the command reports it as a usage error, exit 2, before anything listens."""
+
+
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status a client sees for `exc`; unexpected exceptions become INTERNAL with no details."""
     if isinstance(exc, ServiceError):

@@ -19,16 +19,9 @@ from opentelemetry import propagate
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from internvl_serve.common.outbound_span import rpc_attributes
-from internvl_serve.common.rpc_wrap import wrap_rpc
+from internvl_serve.common.rpc_wrap import is_infrastructure, wrap_rpc
 from internvl_serve.common.telemetry import Telemetry
 
-UNTRACED_SERVICES = frozenset(
-    {
-        "grpc.health.v1.Health",
-        "grpc.reflection.v1alpha.ServerReflection",
-        "grpc.reflection.v1.ServerReflection",
-    }
-)
 SERVER_ERROR_CODES = frozenset(
     {
         grpc.StatusCode.UNKNOWN,
@@ -60,7 +53,7 @@ _GETTER = _MetadataGetter()
 
 def is_traced(method: str) -> bool:
     """`method` as gRPC names it: "/package.Service/Method"."""
-    return method.lstrip("/").rpartition("/")[0] not in UNTRACED_SERVICES
+    return not is_infrastructure(method)
 
 
 def _peer_attributes(context) -> dict[str, object]:

@@ -1,6 +1,6 @@
 """One way for our server interceptors to run code around each call: `wrap_rpc(handler, scope)` runs the
 handler inside `async with scope(context)`, for unary and server-streaming methods (the only kinds our
-services have; others pass through unwrapped)."""
+services have; client-streaming ones, reflection's, pass through unwrapped)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,20 @@ from typing import Any
 import grpc
 
 Scope = Callable[[Any], AbstractAsyncContextManager]  # context -> an async context manager for the call
+
+# Health and reflection: answered without a token, not counted against --max-in-flight, not traced.
+INFRASTRUCTURE_SERVICES = frozenset(
+    {
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "grpc.reflection.v1.ServerReflection",
+    }
+)
+
+
+def is_infrastructure(method: str) -> bool:
+    """`method` as gRPC names it: "/package.Service/Method"."""
+    return method.lstrip("/").rpartition("/")[0] in INFRASTRUCTURE_SERVICES
 
 
 def wrap_rpc(handler: grpc.RpcMethodHandler | None, scope: Scope) -> grpc.RpcMethodHandler | None:
@@ -47,4 +61,4 @@ def wrap_rpc(handler: grpc.RpcMethodHandler | None, scope: Scope) -> grpc.RpcMet
         return grpc.unary_stream_rpc_method_handler(
             unary_stream, handler.request_deserializer, handler.response_serializer
         )
-    return handler
+    return handler  # client-streaming: only reflection has them (the auth interceptor refuses any other)

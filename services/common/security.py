@@ -13,9 +13,10 @@ import grpc
 
 from internvl_serve.common.auth import TokenTable
 from internvl_serve.common.config_fields import setting
+from internvl_serve.common.errors import StartupError
 
 
-class SecurityFileError(ValueError):
+class SecurityFileError(StartupError):
     """A TLS or tokens file the service cannot use; the message names the flag and the file."""
 
 

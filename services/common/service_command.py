@@ -39,9 +39,9 @@ def _run(
     parser: argparse.ArgumentParser,
 ) -> int:
     """`parser`: the subcommand's, so a config that fails validation is a usage error (exit 2)."""
+    from internvl_serve.common.errors import StartupError
     from internvl_serve.common.grpc_server import serve_until_signal
     from internvl_serve.common.logs import setup_logging
-    from internvl_serve.common.security import SecurityFileError
 
     try:
         config = build_config(args)
@@ -57,7 +57,7 @@ def _run(
     async def serve() -> None:
         try:
             server = server_cls(config)  # built inside the loop: grpc.aio binds to it
-        except SecurityFileError as exc:  # a TLS or tokens file it cannot use: a usage error, exit 2
+        except StartupError as exc:  # a TLS or tokens file it cannot use, an address that does not resolve
             parser.error(str(exc))
         await serve_until_signal(server)
 

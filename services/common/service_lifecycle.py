@@ -26,6 +26,9 @@ class ServiceServer:
     tls, auth_tokens_file and telemetry (settings)."""
 
     kind = "service"  # "encoder" or "decoder": the log events' prefix and the tracer/meter scope
+    # Without tokens, take the tenant callers name in their metadata: true for encoders (behind decoders
+    # that act for tenants), false for client-facing services (without tokens there is one tenant).
+    trusts_named_tenant = False
 
     def __init__(self, config: Any, service_names: list[str], telemetry: Telemetry | None = None):
         """`telemetry`: default, providers from `config.telemetry`, shut down (flushed) by stop()."""
@@ -42,7 +45,7 @@ class ServiceServer:
             max_receive_bytes=receive_limit(config),
             max_send_bytes=config.max_send_bytes,
             telemetry=self.telemetry,
-            auth=AuthInterceptor(self.security.tokens),
+            auth=AuthInterceptor(self.security.tokens, self.trusts_named_tenant),
             in_flight=self.in_flight,
         )
         self.port = bind(self.server, config.host, config.port, self.security.credentials)

@@ -61,6 +61,11 @@ class EncoderLinkTls:
     )
     cert: str | None = setting(None, "PEM client certificate for the encoders' mutual TLS", flag="--encoder-tls-cert")
     key: str | None = setting(None, "PEM private key of --encoder-tls-cert", flag="--encoder-tls-key")
+    server_name: str | None = setting(
+        None,
+        "the name the encoders' certificates carry, when --encoder is an address list (no host name to check)",
+        flag="--encoder-tls-server-name",
+    )
 
     @property
     def enabled(self) -> bool:
@@ -107,12 +112,19 @@ def check_key_pair(cert_flag: str, cert: str, key_flag: str, key: str) -> None:
     """The key must be the certificate's (ssl checks that it signs for the certificate's public key)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
-        context.load_cert_chain(cert, key)
+        context.load_cert_chain(cert, key, password=_no_password)
     except ssl.SSLError as exc:
         reason = "the key does not match the certificate" if "KEY_VALUES_MISMATCH" in str(exc) else str(exc)
+        if b"ENCRYPTED" in read_pem(key_flag, key):
+            reason = "the key is encrypted; give an unencrypted PEM key (keep the file mode 0600)"
         raise ValueError(f"{cert_flag} {cert} / {key_flag} {key}: {reason}") from None
     except OSError as exc:
         raise ValueError(f"{cert_flag} {cert} / {key_flag} {key}: cannot read them ({exc})") from None
+
+
+def _no_password() -> bytes:
+    """An encrypted key would make OpenSSL prompt on the terminal; fail instead (gRPC cannot decrypt it)."""
+    return b""
 
 
 def check_ca(flag: str, path: str) -> None:

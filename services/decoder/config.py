@@ -61,12 +61,16 @@ class DecoderConfig:
     encoder_timeout_s: float = setting(
         120.0, "bound on one Encode call (waiting for an encoder to be up included) when the client sets no deadline"
     )
+    encoder_max_concurrency: int = setting(
+        128, "Encode calls in flight at once, over all encoders (more wait here, not in the encoders' queues)"
+    )
     encoder_tls: EncoderLinkTls = nested(EncoderLinkTls)
     encoder_token: str | None = setting(
         None,
         "token sent to the encoders (prefer the environment variable: flags show in `ps`)",
         flag="--encoder-token",
         env="INTERNVL_ENCODER_TOKEN",
+        secret=True,
     )
     # The encoders' embedding cache: media_id parts are read from it directly (cache.url, --redis-url).
     cache: CacheSettings = nested(CacheSettings)
@@ -118,6 +122,8 @@ class DecoderConfig:
             problems.append("--max-encoder-reply-mb must be > 0")
         if not 1 <= self.encoder_attempts <= 5:
             problems.append(f"--encoder-attempts must be 1-5 (gRPC's cap), got {self.encoder_attempts}")
+        if self.encoder_max_concurrency < 1:
+            problems.append(f"--encoder-max-concurrency must be >= 1, got {self.encoder_max_concurrency}")
         if self.encoder_timeout_s <= 0:
             problems.append(f"--encoder-timeout-s must be > 0, got {self.encoder_timeout_s}")
         problems += self.encoder_tls.problems()

@@ -16,6 +16,7 @@ from internvl_serve.pb.internvl.v1 import vision_encoder_service_pb2_grpc as pb_
 
 class EncoderServer(ServiceServer):
     kind = "encoder"
+    trusts_named_tenant = True
 
     def __init__(self, config: EncoderConfig, telemetry: Telemetry | None = None):
         super().__init__(config, [SERVICE_NAME], telemetry)

@@ -23,6 +23,7 @@ class Pki:
     client_key: Path
     other_key: Path
     other_ca: Path  # a CA that signed nothing here
+    encrypted_key: Path  # the server key, password-protected
 
 
 def _key() -> ec.EllipticCurvePrivateKey:
@@ -96,4 +97,11 @@ def make_pki(root: Path) -> Pki:
         client_key=_write_key(root / "client-key.pem", client_key),
         other_key=_write_key(root / "other-key.pem", _key()),
         other_ca=_write_cert(root / "other-ca.pem", other_ca),
+        encrypted_key=_write_encrypted_key(root / "server-key-encrypted.pem", server_key),
     )
+
+
+def _write_encrypted_key(path: Path, key) -> Path:
+    encryption = serialization.BestAvailableEncryption(b"password")
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption))
+    return path

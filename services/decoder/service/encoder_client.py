@@ -8,6 +8,7 @@ join the request's trace.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -124,20 +125,31 @@ class EncoderClient:
         attempts: int = field_default(DecoderConfig, "encoder_attempts"),
         backoff_s: float = field_default(DecoderConfig, "encoder_backoff_s"),
         timeout_s: float = field_default(DecoderConfig, "encoder_timeout_s"),
+        max_concurrency: int = field_default(DecoderConfig, "encoder_max_concurrency"),
         max_message_bytes: int = field_default(DecoderConfig, "max_encoder_reply_bytes"),
         max_request_bytes: int = field_default(DecoderConfig, "max_request_media_bytes") + REQUEST_OVERHEAD_BYTES,
         credentials: grpc.ChannelCredentials | None = None,
+        tls_server_name: str | None = None,
         token: str | None = None,
         tracer=None,
     ):
         """`attempts`, `backoff_s`, `timeout_s`, `max_message_bytes`: the decoder's --encoder-attempts,
         --encoder-backoff-s, --encoder-timeout-s and --max-encoder-reply-mb. `max_request_bytes`: the
-        largest Encode request (the decoder's own request limit). `credentials`: TLS to the encoders;
-        `token`: sent as `authorization: Bearer` (--encoder-token). `tracer`: for the CLIENT spans."""
+        largest Encode request (the decoder's own request limit). `credentials`: TLS to the encoders, whose
+        certificates must name the --encoder host or `tls_server_name`; `token`: sent as `authorization:
+        Bearer` (--encoder-token). `max_concurrency`: Encode calls in flight at once. `tracer`: CLIENT spans."""
         self.addresses = list(addresses)
         self.target = encoder_target(self.addresses)
         self.timeout_s = timeout_s
         options = channel_options(max_message_bytes, attempts, backoff_s, max_request_bytes)
+        if credentials is not None and tls_server_name:
+            options.append(("grpc.ssl_target_name_override", tls_server_name))
+        elif credentials is not None and self.target.startswith(("ipv4:", "ipv6:")) and len(self.addresses) > 1:
+            raise ValueError(
+                "TLS to an encoder address list needs --encoder-tls-server-name (the name their certificates "
+                "carry), or give one DNS name (dns:///encoders:50051) that the certificates name"
+            )
+        self._slots = asyncio.Semaphore(max_concurrency)
         if credentials is None:
             self._channel = grpc.aio.insecure_channel(self.target, options=options)
         else:
@@ -156,13 +168,16 @@ class EncoderClient:
     ) -> list[EncodedResult]:
         """Embeddings for `media`, in order. `deadline` is a time.monotonic() instant (the client's);
         `tenant`: whose media this is (the encoder keys its cache by it)."""
+        async with self._slots:
+            return await self._encode(media, deadline, tenant)
+
+    async def _encode(self, media: list[media_pb2.Media], deadline: float | None, tenant: str) -> list[EncodedResult]:
         request = pb.EncodeRequest(media=media, return_embeddings=True)
-        bound = self.timeout_s
+        bound = self.timeout_s  # without the client's deadline; with it, the client's deadline alone
         if deadline is not None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            bound = deadline - time.monotonic()
+            if bound <= 0:
                 raise DeadlineExceeded("the deadline passed while waiting for the vision encoder")
-            bound = min(bound, remaining)
         span = outbound_span(
             self._tracer, ENCODE, self.target, {"internvl.media.count": len(media), "internvl.tenant": tenant}
         )
@@ -172,7 +187,7 @@ class EncoderClient:
             reply = await call
         except grpc.aio.AioRpcError as exc:
             span.finish(exc.code(), exc)
-            raise self._error(exc, own_bound=deadline is None or bound < remaining) from None
+            raise self._error(exc, own_bound=deadline is None) from None
         except BaseException:  # cancelled by the caller
             span.finish(None)
             raise

@@ -28,7 +28,13 @@ def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 
 
 def _resolve(host: str, port: str) -> list[str]:
-    infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    try:
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ValueError(
+            f"encoder host {host!r} does not resolve ({exc}); in a list every name must resolve at start "
+            "(give one DNS name, dns:///NAME:PORT, for a set of replicas that changes)"
+        ) from None
     return sorted({info[4][0] for info in infos})
 
 
@@ -48,8 +54,14 @@ def encoder_target(addresses: list[str] | tuple[str, ...]) -> str:
     for address in addresses:
         host, port = _split(address)
         ips = [host] if _ip(host) is not None else _resolve(host, port)
-        for ip in ips:
-            (v4 if _ip(ip).version == 4 else v6).append((ip, port))
-    if v4:  # one target has one address family; IPv4 where a name resolved to both
+        mine4 = [(ip, port) for ip in ips if _ip(ip).version == 4]
+        # One target has one address family: IPv4 where a name resolves to both.
+        if mine4:
+            v4 += mine4
+        else:
+            v6 += [(ip, port) for ip in ips]
+    if v4 and v6:
+        raise ValueError("the --encoder list mixes IPv4 and IPv6-only addresses; one target takes one family")
+    if v4:
         return "ipv4:" + ",".join(f"{ip}:{port}" for ip, port in dict.fromkeys(v4))
     return "ipv6:" + ",".join(f"[{ip}]:{port}" for ip, port in dict.fromkeys(v6))

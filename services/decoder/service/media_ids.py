@@ -8,6 +8,8 @@ as before, which answers from the same cache or with NOT_FOUND.
 
 from __future__ import annotations
 
+import dataclasses
+
 from internvl_serve.common.embedding_blob import MEDIA_VIDEO
 from internvl_serve.common.embedding_cache import CacheSettings, EmbeddingCache
 from internvl_serve.common.tenancy import DEFAULT_TENANT
@@ -17,7 +19,9 @@ from internvl_serve.pb.internvl.v1 import media_pb2
 
 class MediaIdLookup:
     def __init__(self, settings: CacheSettings):
-        self.cache = EmbeddingCache(settings, model_fingerprint="")
+        # Always the tenant's own key: whether tenants share entries is the encoders' setting, and a miss
+        # here goes to them (so a decoder whose flag disagrees can never widen what a tenant reads).
+        self.cache = EmbeddingCache(dataclasses.replace(settings, share_across_tenants=False), model_fingerprint="")
 
     async def resolve(
         self, media: list[media_pb2.Media], model_fingerprint: str, tenant: str = DEFAULT_TENANT

@@ -7,8 +7,8 @@ import asyncio
 import time
 from typing import Any
 
+from internvl_serve.common.errors import StartupError
 from internvl_serve.common.logs import log_event
-from internvl_serve.common.security import SecurityFileError
 from internvl_serve.common.service_lifecycle import ServiceServer
 from internvl_serve.common.service_settings import receive_limit
 from internvl_serve.common.telemetry import Telemetry
@@ -21,12 +21,27 @@ from internvl_serve.decoder.service.servicer import SERVICE_NAME, GenerationServ
 from internvl_serve.pb.internvl.v1 import generation_service_pb2_grpc as pb_grpc
 
 
-def encoder_credentials(config: DecoderConfig):
-    """TLS to the encoders (--encoder-tls-*), or None; a bad file stops the decoder at start (exit 2)."""
+def encoder_client(config: DecoderConfig, tracer) -> EncoderClient | None:
+    """The client of the --encoder replicas, or None (text only). What can only be checked now (TLS files,
+    addresses that must resolve) is a StartupError: exit 2 before the decoder listens."""
+    if not config.encoders:
+        return None
     try:
-        return config.encoder_tls.credentials()
+        return EncoderClient(
+            list(config.encoders),
+            attempts=config.encoder_attempts,
+            backoff_s=config.encoder_backoff_s,
+            timeout_s=config.encoder_timeout_s,
+            max_concurrency=config.encoder_max_concurrency,
+            max_message_bytes=config.max_encoder_reply_bytes,
+            max_request_bytes=receive_limit(config),
+            credentials=config.encoder_tls.credentials(),
+            tls_server_name=config.encoder_tls.server_name,
+            token=config.encoder_token,
+            tracer=tracer,
+        )
     except ValueError as exc:
-        raise SecurityFileError(str(exc)) from None
+        raise StartupError(str(exc)) from None
 
 
 class DecoderServer(ServiceServer):
@@ -35,21 +50,7 @@ class DecoderServer(ServiceServer):
     def __init__(self, config: DecoderConfig, telemetry: Telemetry | None = None):
         super().__init__(config, [SERVICE_NAME], telemetry)
         tracer = self.telemetry.tracer(self.scope)
-        self.encoders = (
-            EncoderClient(
-                list(config.encoders),
-                attempts=config.encoder_attempts,
-                backoff_s=config.encoder_backoff_s,
-                timeout_s=config.encoder_timeout_s,
-                max_message_bytes=config.max_encoder_reply_bytes,
-                max_request_bytes=receive_limit(config),
-                credentials=encoder_credentials(config),
-                token=config.encoder_token,
-                tracer=tracer,
-            )
-            if config.encoders
-            else None
-        )
+        self.encoders = encoder_client(config, tracer)
         self.engine: Engine | None = None
         metrics = DecoderMetrics(self.telemetry.meter(self.scope), lambda: self.engine)
         self.media_ids = MediaIdLookup(config.cache) if config.cache.url and self.encoders else None

@@ -127,7 +127,9 @@ class VideoWorkerPool:
         self._argv = [sys.executable, "-m", _WORKER_MODULE] + (["--enable-test-hooks"] if enable_test_hooks else [])
         if memory_limit_bytes:
             self._argv += ["--memory-limit-bytes", str(int(memory_limit_bytes))]
-        self._env = dict(os.environ)
+        # glibc gives each thread its own 64 MiB malloc arena; under RLIMIT_AS, FFmpeg's threads would spend
+        # the limit on arenas. Two are plenty for one decode at a time.
+        self._env = {"MALLOC_ARENA_MAX": "2", **os.environ}
         self._startup_timeout_s = startup_timeout_s
         self._idle: queue.Queue[_Worker] = queue.Queue()
         self._lock = threading.Lock()

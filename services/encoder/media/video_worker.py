@@ -209,6 +209,7 @@ def main(argv: list[str]) -> int:
             return 0  # the server closed the pipe: shut down
         data = bytes(received)  # BytesIO shares a bytes object instead of copying it on every open
         del received
+        out_of_memory = False
         try:
             _serve_one(av, rfd, wfd, header, data, test_hooks)
         except Rejected as exc:
@@ -216,12 +217,14 @@ def main(argv: list[str]) -> int:
         except wire.WireClosed:
             return 0
         except MemoryError:
+            out_of_memory = True  # answered below, once the traceback (and what it holds) is gone
+        except Exception as exc:  # noqa: BLE001 - an unexpected failure still answers, then the server goes on
+            wire.send(wfd, {"stage": "error", "message": f"video could not be decoded ({_reason(exc)})"})
+        if out_of_memory:
             del data
             limit = f"{memory_limit // (1 << 20)} MiB" if memory_limit else "the memory available"
             message = f"decoding this video needs more than the video worker's {limit}; send a smaller video"
-            wire.send(wfd, {"stage": "error", "message": message, "memory": True})
-        except Exception as exc:  # noqa: BLE001 - an unexpected failure still answers, then the server goes on
-            wire.send(wfd, {"stage": "error", "message": f"video could not be decoded ({_reason(exc)})"})
+            wire.send(wfd, {"stage": "error", "message": message})
 
 
 if __name__ == "__main__":

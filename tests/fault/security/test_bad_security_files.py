@@ -38,6 +38,11 @@ CASES = [
     ),
     ("encoder", lambda r, p: ["--tls-cert", str(p.server_cert)], "--tls-cert and --tls-key go together"),
     (
+        "encoder",
+        lambda r, p: ["--tls-cert", str(p.server_cert), "--tls-key", str(p.encrypted_key)],
+        "the key is encrypted",
+    ),
+    (
         "decoder",
         lambda r, p: [
             "--tls-cert",

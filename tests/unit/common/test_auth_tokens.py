@@ -43,7 +43,7 @@ def test_who_a_call_acts_for(tmp_path):
     table = _table(tmp_path, f"{A} alice\n{SERVICE} *\n")
     bearer = lambda token: ("authorization", f"Bearer {token}")  # noqa: E731
     assert caller_tenant(table, (bearer(A),)) == "alice"
-    assert caller_tenant(table, (bearer(A), ("internvl-tenant", "bob"))) == "alice"  # a tenant acts for itself
+    assert caller_tenant(table, (bearer(A), ("internvl-tenant", "alice"))) == "alice"
     assert caller_tenant(table, (bearer(SERVICE), ("internvl-tenant", "bob"))) == "bob"  # a service names it
     assert caller_tenant(table, (bearer(SERVICE),)) == "default"
     assert caller_tenant(None, (("internvl-tenant", "bob"),)) == "bob"  # no auth: callers are trusted
@@ -55,3 +55,15 @@ def test_who_a_call_acts_for(tmp_path):
     with pytest.raises(CallerError) as err:
         caller_tenant(table, (bearer(SERVICE), ("internvl-tenant", "not ok")))
     assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_tenant_token_cannot_act_for_another_tenant(tmp_path):
+    """E.g. a decoder given a tenant's token instead of a service token: refused, never one shared scope."""
+    table = _table(tmp_path, f"{A} alice\n")
+    with pytest.raises(CallerError) as err:
+        caller_tenant(table, (("authorization", f"Bearer {A}"), ("internvl-tenant", "bob")))
+    assert err.value.code == grpc.StatusCode.PERMISSION_DENIED and "tenant `*`" in str(err.value)
+
+
+def test_a_client_facing_service_without_tokens_has_one_tenant():
+    assert caller_tenant(None, (("internvl-tenant", "bob"),), trust_named_tenant=False) == "default"

@@ -45,3 +45,36 @@ def test_the_service_config_asks_grpc_for_balancing_health_and_retries():
         "UNAVAILABLE"
     ]
     assert "retryPolicy" not in json.loads(service_config(attempts=1, backoff_s=0.1))["methodConfig"][0]
+
+
+def test_tls_to_an_address_list_needs_the_certificates_name():
+    import asyncio
+
+    import grpc
+
+    from internvl_serve.decoder.service.encoder_client import EncoderClient
+
+    async def build(**kwargs):
+        client = EncoderClient(["127.0.0.1:1", "127.0.0.1:2"], credentials=grpc.ssl_channel_credentials(), **kwargs)
+        await client.close()
+
+    with pytest.raises(ValueError, match="--encoder-tls-server-name"):
+        asyncio.run(build())
+    asyncio.run(build(tls_server_name="encoders.internal"))
+
+
+def test_a_name_that_does_not_resolve_is_a_clear_error():
+    with pytest.raises(ValueError, match="does not resolve"):
+        encoder_target(["127.0.0.1:1", "no-such-host.invalid:2"])
+
+
+def test_the_encoder_token_never_shows_in_help_or_repr(monkeypatch, capsys):
+    from internvl_serve.cli import main
+    from internvl_serve.decoder.config import DecoderConfig
+
+    secret = "s3cret-token-0123456789"
+    monkeypatch.setenv("INTERNVL_ENCODER_TOKEN", secret)
+    with pytest.raises(SystemExit):
+        main(["decoder", "--help"])
+    assert secret not in capsys.readouterr().out
+    assert secret not in repr(DecoderConfig(model="m", encoder_token=secret))
