@@ -29,6 +29,7 @@ def test_the_soak_runs_every_fault_and_loses_nothing(tmp_path, tiny_model_dir):
     assert [e["fault"] for e in r["events"]][-1].startswith("decoder A drained")
     drain = next(e for e in r["events"] if "drained_exit_code" in e)
     assert drain["drained_exit_code"] == 0 and drain["drain_log"]["finished_in_grace"] is True
+    assert r["failed_during_drain"] == 0, r["failures"]  # behind a second decoder, a drain loses nothing
     kv = r["kv_blocks_at_end"]
     assert kv["kv_blocks_free"] == kv["kv_blocks_total"] > 0
     assert all(r["by_kind"][k] > 0 for k in ("new image", "media_id", "text"))

@@ -115,3 +115,42 @@ def test_service_config_covers_both_services_and_only_unavailable():
     options = dict(ChannelSettings(max_receive_bytes=123).options())
     assert options["grpc.max_receive_message_length"] == 123 and options["grpc.enable_retries"] == 1
     assert options["grpc.keepalive_time_ms"] >= 20_000, "the servers refuse pings more often than every 20 s"
+
+
+def test_tls_files_become_credentials_and_bad_ones_are_clear_errors(tmp_path):
+    import pytest
+
+    from internvl_serve.clients.channel import tls_credentials
+
+    assert tls_credentials() is None
+    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    assert tls_credentials(ca=str(tmp_path / "ca.pem")) is not None
+    with pytest.raises(ValueError, match="tls_cert and tls_key go together"):
+        tls_credentials(cert=str(tmp_path / "ca.pem"))
+    with pytest.raises(ValueError, match="cannot read it"):
+        tls_credentials(ca=str(tmp_path / "missing.pem"))
+    (tmp_path / "junk.pem").write_text("junk")
+    with pytest.raises(ValueError, match="not a PEM file"):
+        tls_credentials(ca=str(tmp_path / "junk.pem"))
+
+
+def test_the_channel_balances_over_a_targets_addresses_with_health_checks():
+    import json
+
+    config = json.loads(ChannelSettings().service_config())
+    assert config["loadBalancingConfig"] == [{"round_robin": {}}]
+    assert config["healthCheckConfig"] == {"serviceName": ""}
+
+
+def test_a_token_over_plaintext_to_another_host_warns(monkeypatch):
+    import warnings
+
+    from internvl_serve.clients import InternVLClient
+
+    monkeypatch.delenv("INTERNVL_TOKEN", raising=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        InternVLClient("decoder.example:50052", token="t" * 20).close()
+        InternVLClient("127.0.0.1:50052", token="t" * 20).close()
+        InternVLClient("decoder.example:50052").close()
+    assert [str(w.message)[:40] for w in caught] == ["sending a token to decoder.example:50052"]
