@@ -67,7 +67,7 @@ class DecoderConfig:
     encoder_tls: EncoderLinkTls = nested(EncoderLinkTls)
     encoder_token: str | None = setting(
         None,
-        "token sent to the encoders (prefer the environment variable: flags show in `ps`)",
+        "token sent to the encoders; prefer the INTERNVL_ENCODER_TOKEN variable (flags show in `ps`)",
         flag="--encoder-token",
         env="INTERNVL_ENCODER_TOKEN",
         secret=True,
