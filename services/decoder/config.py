@@ -13,6 +13,7 @@ from internvl_serve.common.admission import max_in_flight_setting
 from internvl_serve.common.config_fields import add_config_arguments, comma_list, config_from_args, nested, setting
 from internvl_serve.common.embedding_cache import CacheSettings
 from internvl_serve.common.placement import resolve_device, resolve_dtype
+from internvl_serve.common.quantization import QuantSettings
 from internvl_serve.common.security import auth_tokens_setting
 from internvl_serve.common.service_settings import (
     MiB,
@@ -77,6 +78,7 @@ class DecoderConfig:
     device: str = device_setting()
     dtype: str = dtype_setting()
     num_threads: int = num_threads_setting()
+    quant: QuantSettings = nested(QuantSettings)
     block_size: int = setting(16, "tokens per KV-cache block")
     num_kv_blocks: int | None = setting(None, "exact number of KV blocks (overrides --kv-cache-mb)", parse=int)
     kv_cache_bytes: int | None = setting(
@@ -152,7 +154,7 @@ class DecoderConfig:
             problems.append(f"--max-media-per-request must be >= 0, got {self.max_media_per_request}")
         if self.max_context_len is not None and self.max_context_len < 2:
             problems.append(f"--max-context-len must be >= 2, got {self.max_context_len}")
-        problems += self.cache.problems()
+        problems += self.cache.problems() + self.quant.problems()
         if problems:
             raise ValueError("; ".join(problems))
 

@@ -13,6 +13,7 @@ from internvl_serve.common.admission import max_in_flight_setting
 from internvl_serve.common.config_fields import add_config_arguments, config_from_args, nested, setting
 from internvl_serve.common.embedding_cache import CacheSettings
 from internvl_serve.common.placement import resolve_device, resolve_dtype
+from internvl_serve.common.quantization import QuantSettings
 from internvl_serve.common.security import auth_tokens_setting
 from internvl_serve.common.service_settings import (
     MiB,
@@ -47,6 +48,7 @@ class EncoderConfig:
     max_batch_wait_ms: float = setting(5.0, "how long a batch waits to fill")
     max_media_per_request: int = setting(16, "media items one Encode request may carry")
     num_threads: int = num_threads_setting()
+    quant: QuantSettings = nested(QuantSettings)
     video_workers: int = setting(2, "processes that decode videos (crash-contained)")
     cache: CacheSettings = nested(CacheSettings)
     limits: MediaLimits = nested(MediaLimits)
@@ -69,7 +71,7 @@ class EncoderConfig:
                 problems.append(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.max_batch_wait_ms < 0:
             problems.append(f"--max-batch-wait-ms must be >= 0, got {self.max_batch_wait_ms}")
-        problems += self.cache.problems() + self.limits.problems()
+        problems += self.cache.problems() + self.limits.problems() + self.quant.problems()
         if problems:
             raise ValueError("; ".join(problems))
 

@@ -73,7 +73,7 @@ class EncoderEngine:
         state, report = ckpt.load("vision")
         self.model_name = ckpt.path.name
         self.model_fingerprint = fingerprint(state, ckpt.config.vision_config.to_dict(), ckpt.config.downsample_ratio)
-        self.model = VisionTowerWithProjector.from_state(ckpt.config, state, self.dtype, self.device)
+        self.model = VisionTowerWithProjector.from_state(ckpt.config, state, self.dtype, self.device, config.quant)
         self.num_parameters = sum(p.numel() for p in self.model.parameters())
         del state
         self.image_pp, self.video_pp, self.tokens_per_tile = load_preprocess(ckpt.path)
@@ -128,6 +128,8 @@ class EncoderEngine:
         else:
             h.update(f"video:{self.video_pp.fingerprint(self._num_frames(item))}".encode())
         h.update(f":{self.dtype}:{self.tokens_per_tile}".encode())
+        if self.config.quant.enabled:  # quantized embeddings differ: never the same cache entries
+            h.update(f":{self.config.quant}".encode())
         return h.hexdigest()
 
     def _num_frames(self, item: VideoInput) -> int:

@@ -13,6 +13,7 @@ from transformers.activations import ACT2FN
 
 from internvl_serve.checkpoint import Checkpoint, CheckpointError, assign
 from internvl_serve.common.layers import RMSNorm
+from internvl_serve.common.quantization import quantize_linears
 
 
 def _norm(config, dim: int) -> nn.Module:
@@ -194,15 +195,19 @@ class VisionTowerWithProjector(nn.Module):
 
     @classmethod
     def from_state(
-        cls, config, state: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32, device="cpu"
+        cls, config, state: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32, device="cpu", quant=None
     ) -> "VisionTowerWithProjector":
-        """Build on the meta device, then take the vision + projector tensors of `state` (canonical names)."""
+        """Build on the meta device, then take the vision + projector tensors of `state` (canonical names).
+        `quant`: QuantSettings; when enabled, every Linear is quantized (transformers quantizes them all)."""
         with torch.device("meta"):
             model = cls(config)
         model.to_empty(device=device)
         assign(model.vision_tower, state, "model.vision_tower.")
         assign(model.multi_modal_projector, state, "model.multi_modal_projector.")
-        return model.to(dtype).eval()
+        model = model.to(dtype).eval()
+        if quant is not None and quant.enabled:
+            quantize_linears(model, quant)
+        return model
 
     @classmethod
     def from_checkpoint(

@@ -67,7 +67,7 @@ def load_model(config: DecoderConfig) -> LoadedModel:
             f"--max-context-len {context_len} exceeds the model's max_position_embeddings ({max_positions}); "
             "longer contexts would need RoPE scaling this decoder does not implement"
         )
-    model = Qwen2ForCausalLM.from_checkpoint(ckpt, dtype=dtype, device=device)
+    model = Qwen2ForCausalLM.from_checkpoint(ckpt, dtype=dtype, device=device, quant=config.quant)
     tokenizer = AutoTokenizer.from_pretrained(str(ckpt.path))  # detokenizing, on the engine's loop
     prompt_tokenizer = AutoTokenizer.from_pretrained(str(ckpt.path))  # prompt building, in its own thread
     runtime = LoadedModel(

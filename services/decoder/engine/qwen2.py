@@ -13,6 +13,7 @@ from transformers.activations import ACT2FN
 
 from internvl_serve.checkpoint import Checkpoint, CheckpointError, assign
 from internvl_serve.common.layers import RMSNorm
+from internvl_serve.common.quantization import quantize_linears
 from internvl_serve.decoder.engine.attention import AttentionMetadata, paged_attention
 from internvl_serve.decoder.engine.cpu_linear import use_input_major_linears
 
@@ -156,9 +157,10 @@ class Qwen2ForCausalLM(nn.Module):
 
     @classmethod
     def from_state(
-        cls, config, state: dict[str, torch.Tensor], dtype=torch.float32, device="cpu"
+        cls, config, state: dict[str, torch.Tensor], dtype=torch.float32, device="cpu", quant=None
     ) -> "Qwen2ForCausalLM":
-        """`config` is the InternVLConfig; `state` holds canonical names (Checkpoint.load("language"))."""
+        """`config` is the InternVLConfig; `state` holds canonical names (Checkpoint.load("language")).
+        `quant`: QuantSettings; when enabled, every Linear but lm_head is quantized (as transformers does)."""
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config.text_config
         with torch.device("meta"):
             model = cls(text_config)
@@ -170,7 +172,9 @@ class Qwen2ForCausalLM(nn.Module):
         else:  # tied: transformers built no separate lm_head parameter, so the checkpoint has none
             model.lm_head.weight = model.language_model.embed_tokens.weight
         model = model.to(dtype).eval()
-        if torch.device(device).type == "cpu":
+        if quant is not None and quant.enabled:
+            quantize_linears(model, quant, skip=(model.lm_head,))
+        elif torch.device(device).type == "cpu":
             # Small-batch GEMMs are far faster with [in, out] weights on the CPU (cpu_linear.py); a tied
             # lm_head keeps sharing the embedding table instead of taking a transposed copy.
             tied = model.lm_head.weight is model.language_model.embed_tokens.weight
@@ -178,10 +182,10 @@ class Qwen2ForCausalLM(nn.Module):
         return model
 
     @classmethod
-    def from_checkpoint(cls, ckpt: Checkpoint, dtype=torch.float32, device="cpu") -> "Qwen2ForCausalLM":
+    def from_checkpoint(cls, ckpt: Checkpoint, dtype=torch.float32, device="cpu", quant=None) -> "Qwen2ForCausalLM":
         """Load only the language model and lm_head tensors of a checkpoint."""
         state, _ = ckpt.load("language", dtype=dtype, device=device)
-        return cls.from_state(ckpt.config, state, dtype, device)
+        return cls.from_state(ckpt.config, state, dtype, device, quant)
 
 
 def _check_supported(config) -> None:
