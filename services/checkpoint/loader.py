@@ -15,6 +15,7 @@ from safetensors import safe_open
 
 from internvl_serve.checkpoint.errors import CheckpointError
 from internvl_serve.checkpoint.layout import COMPONENTS, TensorSpec, detect_layout, parameter_specs, to_canonical
+from internvl_serve.checkpoint.prequantized import dequantize, quantization_of, stats_keys
 
 _INDEX = "model.safetensors.index.json"
 _SINGLE = "model.safetensors"
@@ -57,6 +58,7 @@ class Checkpoint:
     layout: str  # "hub" or "legacy"
     weight_map: dict[str, str]  # canonical name -> (stored key, file) via stored_keys
     stored_keys: dict[str, str]  # canonical name -> key as stored
+    quantization: dict | None = None  # a pre-quantized checkpoint's QuantSettings fields (prequantized.py)
 
     def specs(self, component: str) -> list[TensorSpec]:
         prefixes = COMPONENTS[component]
@@ -84,8 +86,13 @@ class Checkpoint:
         for filename in sorted(by_file):
             report.files_opened.append(filename)
             with safe_open(str(self.path / filename), framework="pt", device="cpu") as f:
+                keys = list(f.keys()) if self.quantization else []
                 for spec in by_file[filename]:
                     tensor = f.get_tensor(self.stored_keys[spec.name])
+                    if self.quantization and tensor.dtype == torch.uint8 and tuple(tensor.shape) != spec.shape:
+                        stored = self.stored_keys[spec.name]
+                        stats = {k[len(stored) + 1 :]: f.get_tensor(k) for k in stats_keys(stored, keys)}
+                        tensor = dequantize(tensor, stats, spec.shape)
                     if tuple(tensor.shape) != spec.shape:
                         raise CheckpointError(
                             f"{self.path}: tensor {self.stored_keys[spec.name]!r} has shape {tuple(tensor.shape)}, "
@@ -170,7 +177,15 @@ def open_checkpoint(model: str | Path) -> Checkpoint:
         if name is not None:
             stored_keys[name] = key
             weight_map[name] = filename
-    return Checkpoint(path=path, config=config, layout=layout, weight_map=weight_map, stored_keys=stored_keys)
+    quantization = quantization_of(json.loads((path / "config.json").read_text()), str(path))
+    return Checkpoint(
+        path=path,
+        config=config,
+        layout=layout,
+        weight_map=weight_map,
+        stored_keys=stored_keys,
+        quantization=quantization,
+    )
 
 
 def assign(module: torch.nn.Module, state: dict[str, torch.Tensor], prefix: str) -> None:

@@ -36,6 +36,15 @@ class QuantSettings:
     def enabled(self) -> bool:
         return self.load_in_4bit or self.load_in_8bit
 
+    def describe(self) -> str:
+        """For logs and cache keys: "none", "int8", or "4bit-nf4-float32[-double-quant]"."""
+        if self.load_in_8bit:
+            return "int8"
+        if not self.load_in_4bit:
+            return "none"
+        double = "-double-quant" if self.double_quant else ""
+        return f"4bit-{self.quant_type or 'fp4'}-{self.compute_dtype or 'float32'}{double}"
+
     def problems(self) -> list[str]:
         out = []
         if self.load_in_4bit and self.load_in_8bit:
@@ -53,6 +62,18 @@ class QuantSettings:
         if self.compute_dtype not in (None, *_DTYPES):
             out.append(f"--bnb-4bit-compute-dtype must be one of {sorted(_DTYPES)}, got {self.compute_dtype!r}")
         return out
+
+
+def effective_quant(flags: QuantSettings, checkpoint: dict[str, Any] | None, where: str) -> QuantSettings:
+    """The flags, or a pre-quantized checkpoint's own settings (it loads as it is, without flags)."""
+    if checkpoint is None:
+        return flags
+    stored = QuantSettings(**checkpoint)
+    if flags.enabled and flags != stored:
+        raise ValueError(
+            f"{where} is already quantized ({stored.describe()}, from config.json); drop the quantization flags"
+        )
+    return stored
 
 
 def _bnb() -> Any:

@@ -21,6 +21,7 @@ from internvl_serve.common.embedding_blob import MEDIA_IMAGE, MEDIA_VIDEO, Encod
 from internvl_serve.common.embedding_cache import EmbeddingCache, make_media_id
 from internvl_serve.common.errors import InvalidArgument, NotFound, ResourceExhausted
 from internvl_serve.common.logs import log_event
+from internvl_serve.common.quantization import effective_quant
 from internvl_serve.common.tenancy import DEFAULT_TENANT
 from internvl_serve.encoder.batcher import MicroBatcher
 from internvl_serve.encoder.config import EncoderConfig
@@ -73,7 +74,8 @@ class EncoderEngine:
         state, report = ckpt.load("vision")
         self.model_name = ckpt.path.name
         self.model_fingerprint = fingerprint(state, ckpt.config.vision_config.to_dict(), ckpt.config.downsample_ratio)
-        self.model = VisionTowerWithProjector.from_state(ckpt.config, state, self.dtype, self.device, config.quant)
+        self.quant = effective_quant(config.quant, ckpt.quantization, str(ckpt.path))
+        self.model = VisionTowerWithProjector.from_state(ckpt.config, state, self.dtype, self.device, self.quant)
         self.num_parameters = sum(p.numel() for p in self.model.parameters())
         del state
         self.image_pp, self.video_pp, self.tokens_per_tile = load_preprocess(ckpt.path)
@@ -101,6 +103,7 @@ class EncoderEngine:
             device=str(self.device),
             dtype=str(self.dtype),
             fingerprint=self.model_fingerprint,
+            quantization=self.quant.describe(),
         )
 
     async def start(self) -> None:
@@ -128,8 +131,8 @@ class EncoderEngine:
         else:
             h.update(f"video:{self.video_pp.fingerprint(self._num_frames(item))}".encode())
         h.update(f":{self.dtype}:{self.tokens_per_tile}".encode())
-        if self.config.quant.enabled:  # quantized embeddings differ: never the same cache entries
-            h.update(f":{self.config.quant}".encode())
+        if self.quant.enabled:  # quantized embeddings differ: never the same cache entries
+            h.update(f":{self.quant.describe()}".encode())
         return h.hexdigest()
 
     def _num_frames(self, item: VideoInput) -> int:

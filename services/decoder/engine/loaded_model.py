@@ -11,6 +11,7 @@ import torch
 
 from internvl_serve.checkpoint import CheckpointError, open_checkpoint
 from internvl_serve.common.logs import log_event
+from internvl_serve.common.quantization import effective_quant
 from internvl_serve.decoder.config import DecoderConfig
 from internvl_serve.decoder.engine.prompt import PromptBuilder
 from internvl_serve.decoder.engine.qwen2 import Qwen2ForCausalLM
@@ -67,7 +68,8 @@ def load_model(config: DecoderConfig) -> LoadedModel:
             f"--max-context-len {context_len} exceeds the model's max_position_embeddings ({max_positions}); "
             "longer contexts would need RoPE scaling this decoder does not implement"
         )
-    model = Qwen2ForCausalLM.from_checkpoint(ckpt, dtype=dtype, device=device, quant=config.quant)
+    quant = effective_quant(config.quant, ckpt.quantization, str(ckpt.path))
+    model = Qwen2ForCausalLM.from_checkpoint(ckpt, dtype=dtype, device=device, quant=quant)
     tokenizer = AutoTokenizer.from_pretrained(str(ckpt.path))  # detokenizing, on the engine's loop
     prompt_tokenizer = AutoTokenizer.from_pretrained(str(ckpt.path))  # prompt building, in its own thread
     runtime = LoadedModel(
@@ -89,5 +91,17 @@ def load_model(config: DecoderConfig) -> LoadedModel:
         layers=text_config.num_hidden_layers,
         hidden=text_config.hidden_size,
         context_len=context_len,
+        quantization=quant.describe(),
+        weight_mib=round(weight_bytes(model) / 2**20, 1),
     )
     return runtime
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes the weights hold on the device (packed 4-bit weights count as stored), statistics included."""
+    seen, total = set(), 0
+    for t in [*model.parameters(), *model.buffers()]:
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
