@@ -2,11 +2,13 @@
 Params4bit / Int8Params, the same layers transformers quantizes (every nn.Linear but lm_head), so the
 packed weights and outputs equal transformers' BitsAndBytesConfig model bit for bit.
 
-WORK IN PROGRESS (branch wip-bnb-4bit): pre-quantized checkpoints, parity tests and docs are not done.
+A checkpoint saved already quantized (config.json `quantization_config`) brings its own settings
+(checkpoint/prequantized.py, `effective_quant`). On CUDA the same layers run bitsandbytes' CUDA kernels.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +17,7 @@ from torch import nn
 
 from internvl_serve.common.config_fields import setting
 
+LLM_INT8_THRESHOLD = 6.0  # BitsAndBytesConfig's llm_int8_threshold: outlier features past it stay in fp16
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -61,6 +64,9 @@ class QuantSettings:
             out.append(f"--bnb-4bit-quant-type must be fp4 or nf4, got {self.quant_type!r}")
         if self.compute_dtype not in (None, *_DTYPES):
             out.append(f"--bnb-4bit-compute-dtype must be one of {sorted(_DTYPES)}, got {self.compute_dtype!r}")
+        if self.enabled and importlib.util.find_spec("bitsandbytes") is None:
+            flag = "--load-in-4bit" if self.load_in_4bit else "--load-in-8bit"
+            out.append(f"{flag} needs bitsandbytes, which is not installed: pip install 'internvl-serve[quant]'")
         return out
 
 
@@ -102,7 +108,11 @@ def _quantized(bnb, linear: nn.Linear, s: QuantSettings) -> nn.Module:
     weight = linear.weight.detach().to("cpu", torch.float32) if device.type == "meta" else linear.weight.detach()
     if s.load_in_8bit:
         layer = bnb.nn.Linear8bitLt(
-            linear.in_features, linear.out_features, bias=linear.bias is not None, has_fp16_weights=False
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            has_fp16_weights=False,
+            threshold=LLM_INT8_THRESHOLD,
         )
         layer.weight = bnb.nn.Int8Params(weight.clone(), requires_grad=False, has_fp16_weights=False).to(device)
     else:
@@ -123,4 +133,4 @@ def _quantized(bnb, linear: nn.Linear, s: QuantSettings) -> nn.Module:
         layer.weight = params.to(device)
     if linear.bias is not None:
         layer.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
-    return layer
+    return layer.train(linear.training)  # LLM.int8 computes differently in training mode

@@ -37,13 +37,21 @@ class OracleInputs:
 class Oracle:
     """Loads a checkpoint with AutoProcessor (torchvision backend) and AutoModelForImageTextToText."""
 
-    def __init__(self, model_dir: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+    def __init__(
+        self, model_dir: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu", quantization_config=None
+    ):
+        """`quantization_config`: a transformers BitsAndBytesConfig, loaded as the model card does."""
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         self.model_dir = str(model_dir)
         self.processor = AutoProcessor.from_pretrained(self.model_dir, backend="torchvision")
         self.processor.tokenizer.padding_side = "left"  # batched generate needs left padding
-        self.model = AutoModelForImageTextToText.from_pretrained(self.model_dir, dtype=dtype).to(device).eval()
+        if quantization_config is None:
+            self.model = AutoModelForImageTextToText.from_pretrained(self.model_dir, dtype=dtype).to(device).eval()
+        else:  # bitsandbytes places the quantized weights itself (a quantized model cannot be .to()-ed)
+            self.model = AutoModelForImageTextToText.from_pretrained(
+                self.model_dir, dtype=dtype, quantization_config=quantization_config, device_map=device
+            ).eval()
         self.dtype = dtype
         self.device = device
 
