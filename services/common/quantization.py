@@ -23,12 +23,18 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 @dataclass(frozen=True)
 class QuantSettings:
-    load_in_4bit: bool = setting(False, "quantize the Linear layers to 4 bits (bitsandbytes)", flag="--load-in-4bit")
+    load_in_4bit: bool = setting(
+        False, "quantize the Linear layers to 4 bits (bitsandbytes)", flag="--load-in-4bit", env="INTERNVL_LOAD_IN_4BIT"
+    )
     load_in_8bit: bool = setting(
         False, "quantize the Linear layers to 8 bits (bitsandbytes LLM.int8)", flag="--load-in-8bit"
     )
     quant_type: str | None = setting(
-        None, "4-bit data type, fp4 or nf4 (default fp4, as BitsAndBytesConfig)", flag="--bnb-4bit-quant-type"
+        None,
+        "4-bit data type, fp4 or nf4 (default fp4, as BitsAndBytesConfig)",
+        flag="--bnb-4bit-quant-type",
+        env="INTERNVL_BNB_4BIT_QUANT_TYPE",
+        parse=lambda text: text or None,  # an empty variable (compose's default) means the default
     )
     compute_dtype: str | None = setting(
         None, "dtype of the 4-bit matmuls (default float32, as BitsAndBytesConfig)", flag="--bnb-4bit-compute-dtype"

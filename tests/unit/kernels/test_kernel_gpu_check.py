@@ -16,9 +16,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[3]
 
 
-def _run(out: Path, *extra: str) -> dict:
+def _run(out: Path, *extra: str, quant: bool = False) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the script sets it itself
     env["OUT"] = str(out)
+    env["SKIP_QUANT_CHECK"] = "0" if quant else "1"
     result = subprocess.run(
         ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), *extra],
         env=env,
@@ -31,7 +32,11 @@ def _run(out: Path, *extra: str) -> dict:
 
 
 def test_cpu_run_checks_correctness_and_skips_timing(tmp_path):
-    res = _run(tmp_path)
+    res = _run(tmp_path, quant=True)
+    quant = json.loads((tmp_path / "quant_check.json").read_text())  # 4-bit tokens vs transformers, on the CPU
+    assert quant["ok"] and {(r["quant"], r["chat"]) for r in quant["rows"]} == {
+        (q, c) for q in ("fp4", "nf4") for c in ("text", "image")
+    }
     kinds = {(r["kernel"].split()[0], r["shape"], r["dtype"]) for r in res["correctness"]}
     assert kinds == {
         (k, s, d)
