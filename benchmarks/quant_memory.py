@@ -18,7 +18,6 @@ import json
 import tempfile
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
 from report import table, write_json, write_section
 
@@ -127,14 +126,14 @@ def main() -> int:
     sizes = [computed(name, *shapes) for name, shapes in SIZES.items()]
     runs = measured(model, work)
     write_json(args.out, "quant_memory", {"computed": sizes, "measured": runs})
-    markdown = _markdown(SimpleNamespace(model=args.model or "bench preset"), sizes, runs)
+    markdown = _markdown(args.model or "bench preset", sizes, runs)
     if not args.no_docs:
         write_section("quant_memory", markdown)
     print(markdown)
     return 0
 
 
-def _markdown(args, sizes: list[dict], runs: list[dict]) -> str:
+def _markdown(model: str, sizes: list[dict], runs: list[dict]) -> str:
     computed_rows = [
         [s["model"], s["parameters_b"], s["bf16_gib"], s["int8_gib"], s["4bit_gib"], s["4bit_double_quant_gib"]]
         for s in sizes
@@ -152,7 +151,7 @@ def _markdown(args, sizes: list[dict], runs: list[dict]) -> str:
             "",
             table(["model", "parameters (B)", "bf16", "int8", "4-bit", "4-bit, double quant"], computed_rows),
             "",
-            f"Measured on the {args.model}: resident memory of each service once it answers SERVING (decoder with "
+            f"Measured on the {model}: resident memory of each service once it answers SERVING (decoder with "
             "a 16 MiB KV cache, so the weights show), and the decoder's own count of its weight bytes:",
             "",
             table(["service", "weights", "RSS (MiB)", "decoder weights (MiB)"], measured_rows),

@@ -110,7 +110,8 @@ def _stored_hint(name: str, layout: str) -> str:
     return to_layout(name, layout)
 
 
-def _read_config(path: Path):
+def _read_config(path: Path) -> tuple[object, dict]:
+    """transformers' InternVLConfig and the raw config.json it came from."""
     config_file = path / "config.json"
     if not config_file.is_file():
         raise CheckpointError(f"{path}: no config.json; not a Hugging Face checkpoint directory")
@@ -133,7 +134,7 @@ def _read_config(path: Path):
     from transformers import InternVLConfig
 
     try:
-        return InternVLConfig.from_pretrained(str(path))
+        return InternVLConfig.from_pretrained(str(path)), raw
     except Exception as exc:  # transformers raises several types for a malformed config
         raise CheckpointError(f"{config_file}: transformers cannot read it ({exc})") from exc
 
@@ -161,7 +162,7 @@ def _read_weight_index(path: Path) -> dict[str, str]:
 
 def open_checkpoint(model: str | Path) -> Checkpoint:
     path = resolve_model(str(model))
-    config = _read_config(path)
+    config, raw_config = _read_config(path)
     stored = _read_weight_index(path)
     try:
         layout = detect_layout(list(stored))
@@ -177,7 +178,7 @@ def open_checkpoint(model: str | Path) -> Checkpoint:
         if name is not None:
             stored_keys[name] = key
             weight_map[name] = filename
-    quantization = quantization_of(json.loads((path / "config.json").read_text()), str(path))
+    quantization = quantization_of(raw_config, str(path))
     return Checkpoint(
         path=path,
         config=config,

@@ -111,7 +111,7 @@ def quantize_linears(module: nn.Module, settings: QuantSettings, skip: tuple[nn.
 
 def _quantized(bnb, linear: nn.Linear, s: QuantSettings) -> nn.Module:
     device = linear.weight.device
-    weight = linear.weight.detach().to("cpu", torch.float32) if device.type == "meta" else linear.weight.detach()
+    weight = linear.weight.detach()
     if s.load_in_8bit:
         layer = bnb.nn.Linear8bitLt(
             linear.in_features,

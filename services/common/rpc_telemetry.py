@@ -51,11 +51,6 @@ class _MetadataGetter:
 _GETTER = _MetadataGetter()
 
 
-def is_traced(method: str) -> bool:
-    """`method` as gRPC names it: "/package.Service/Method"."""
-    return not is_infrastructure(method)
-
-
 def _peer_attributes(context) -> dict[str, object]:
     """client.address/port from the peer string: "ipv4:127.0.0.1:5000", "ipv6:[::1]:5000", "unix:..."."""
     try:
@@ -92,7 +87,7 @@ class TelemetryInterceptor(grpc.aio.ServerInterceptor):
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or not is_traced(method):
+        if handler is None or is_infrastructure(method):
             return handler
         full_method = method.lstrip("/")
         metadata = handler_call_details.invocation_metadata or ()

@@ -1,7 +1,7 @@
 """What a service reads at start to decide who may call it: its TLS credentials and its token table.
 
 Bad files (missing, unreadable, not PEM, a key that is not the certificate's, a malformed tokens file)
-raise SecurityFileError, which the command turns into a usage error (exit 2) before anything listens.
+raise StartupError, which the command turns into a usage error (exit 2) before anything listens.
 """
 
 from __future__ import annotations
@@ -14,10 +14,6 @@ import grpc
 from internvl_serve.common.auth import TokenTable
 from internvl_serve.common.config_fields import setting
 from internvl_serve.common.errors import StartupError
-
-
-class SecurityFileError(StartupError):
-    """A TLS or tokens file the service cannot use; the message names the flag and the file."""
 
 
 def auth_tokens_setting() -> Any:
@@ -41,5 +37,5 @@ class Security:
             credentials = config.tls.credentials() if config.tls.enabled else None
             tokens = TokenTable.from_file(config.auth_tokens_file) if config.auth_tokens_file else None
         except ValueError as exc:
-            raise SecurityFileError(str(exc)) from None
+            raise StartupError(str(exc)) from None  # the message names the flag and the file
         return cls(credentials, tokens)

@@ -38,7 +38,7 @@ class ServiceServer:
         self._owns_telemetry = telemetry is None
         self.telemetry = telemetry or setup_telemetry(settings=config.telemetry)
         self.log = logging.getLogger(f"internvl_serve.{self.kind}")
-        self.security = Security.load(config)  # SecurityFileError (exit 2) before anything listens
+        self.security = Security.load(config)  # StartupError (exit 2) before anything listens
         self.in_flight = InFlightLimit(config.max_in_flight, self.kind)
         self.server, self.health = create_server(
             service_names,

@@ -77,25 +77,19 @@ class EncoderLinkTls:
         return []
 
     def credentials(self) -> grpc.ChannelCredentials | None:
+        """Read and check the files (ValueError naming the flag); None without TLS. The cert/key pairing
+        itself was checked with the config (problems)."""
         if not self.enabled:
             return None
-        return channel_credentials(self.ca, self.cert, self.key, prefix="--encoder-tls")
-
-
-def channel_credentials(
-    ca: str | None, cert: str | None, key: str | None, prefix: str = "--tls"
-) -> grpc.ChannelCredentials:
-    """Client-side TLS: `ca` verifies the server (None: the system roots), `cert`/`key` identify us."""
-    root = read_pem(f"{prefix}-ca", ca) if ca else None
-    if ca:
-        check_ca(f"{prefix}-ca", ca)
-    pair = (None, None)
-    if cert or key:
-        if not (cert and key):
-            raise ValueError(f"{prefix}-cert and {prefix}-key go together (give both, or neither)")
-        check_key_pair(f"{prefix}-cert", cert, f"{prefix}-key", key)
-        pair = (read_pem(f"{prefix}-key", key), read_pem(f"{prefix}-cert", cert))
-    return grpc.ssl_channel_credentials(root_certificates=root, private_key=pair[0], certificate_chain=pair[1])
+        root = None
+        if self.ca:
+            root = read_pem("--encoder-tls-ca", self.ca)
+            check_ca("--encoder-tls-ca", self.ca)
+        key = cert = None
+        if self.cert:
+            check_key_pair("--encoder-tls-cert", self.cert, "--encoder-tls-key", self.key)
+            key, cert = read_pem("--encoder-tls-key", self.key), read_pem("--encoder-tls-cert", self.cert)
+        return grpc.ssl_channel_credentials(root_certificates=root, private_key=key, certificate_chain=cert)
 
 
 def read_pem(flag: str, path: str | None) -> bytes:

@@ -5,6 +5,7 @@ failed while it kills or drains a server underneath."""
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -69,14 +70,9 @@ class ChatLoad:
 
     def wait_sent(self, n: int, timeout_s: float = 120.0) -> None:
         """Until `n` requests in all have finished."""
-        deadline = threading.Event()
-        timer = threading.Timer(timeout_s, deadline.set)
-        timer.start()
-        try:
-            while self.result.sent < n and not deadline.is_set():
-                deadline.wait(0.05)
-        finally:
-            timer.cancel()
+        deadline = time.monotonic() + timeout_s
+        while self.result.sent < n and time.monotonic() < deadline:
+            time.sleep(0.05)
         if self.result.sent < n:
             raise TimeoutError(f"only {self.result.sent} of {n} requests finished in {timeout_s:.0f}s")
 

@@ -39,7 +39,7 @@ from internvl_serve.pb.internvl.v1 import vision_encoder_service_pb2 as pb
 from internvl_serve.pb.internvl.v1 import vision_encoder_service_pb2_grpc as pb_grpc
 
 log = logging.getLogger("internvl_serve.decoder.service.encoder_client")
-ENCODER_SERVICE = "internvl.v1.VisionEncoderService"
+ENCODER_SERVICE = pb.DESCRIPTOR.services_by_name["VisionEncoderService"].full_name
 ENCODE = f"{ENCODER_SERVICE}/Encode"
 MAX_GRPC_ATTEMPTS = 5  # gRPC caps a retry policy's maxAttempts at 5
 
@@ -183,8 +183,7 @@ class EncoderClient:
         )
         metadata = (*(span.metadata or ()), *self._auth, (TENANT_METADATA, tenant))
         try:
-            call = self._stub.Encode(request, timeout=bound, metadata=metadata)
-            reply = await call
+            reply = await self._stub.Encode(request, timeout=bound, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             span.finish(exc.code(), exc)
             raise self._error(exc, own_bound=deadline is None) from None
