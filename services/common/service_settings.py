@@ -77,6 +77,16 @@ def drain_notice_setting() -> Any:
     )
 
 
+def metrics_port_setting() -> Any:
+    """Prometheus /metrics (common/prometheus.py); None: not served."""
+    return setting(
+        None,
+        "serve Prometheus /metrics on this port (0 picks a free port; default: off)",
+        env="INTERNVL_METRICS_PORT",
+        parse=int,
+    )
+
+
 def max_send_setting(default_bytes: int) -> Any:
     return setting(default_bytes, "largest gRPC reply sent, in MiB", flag="--max-send-mb", scale=MiB)
 
@@ -96,6 +106,8 @@ def common_problems(config: Any) -> list[str]:
         problems.append(f"--num-threads must be >= 0, got {config.num_threads}")
     if config.dtype not in ("auto", *DTYPES):
         problems.append(f"--dtype must be auto or one of {sorted(DTYPES)}, got {config.dtype!r}")
+    if config.metrics_port is not None and not 0 <= config.metrics_port < 65536:
+        problems.append(f"--metrics-port must lie in [0, 65535], got {config.metrics_port}")
     if (config.max_receive_bytes is not None and config.max_receive_bytes < 1) or config.max_send_bytes < 1:
         problems.append("--max-receive-mb and --max-send-mb must be > 0")
     if config.max_request_media_bytes < 1:

@@ -27,6 +27,7 @@ from internvl_serve.common.service_settings import (
     max_receive_setting,
     max_request_media_setting,
     max_send_setting,
+    metrics_port_setting,
     model_setting,
     num_threads_setting,
 )
@@ -113,6 +114,22 @@ class DecoderConfig:
     max_in_flight: int = max_in_flight_setting(512)
     grace_s: float = grace_setting()
     drain_notice_s: float = drain_notice_setting()
+    metrics_port: int | None = metrics_port_setting()
+    # The OpenAI-compatible HTTP API (decoder/http/); the same engine, tokens and TLS as the gRPC API.
+    http_port: int | None = setting(
+        None,
+        "serve the OpenAI-compatible HTTP API on this port (0 picks a free port; default: off)",
+        env="INTERNVL_HTTP_PORT",
+        parse=int,
+    )
+    allowed_media_domains: tuple[str, ...] = setting(
+        (),
+        "HTTP API: hosts whose http(s) image/video URLs may be fetched, DOMAIN[,DOMAIN...] (default: none, "
+        "data: URLs only); public addresses only, no redirects",
+        env="INTERNVL_ALLOWED_MEDIA_DOMAINS",
+        parse=comma_list,
+    )
+    media_fetch_timeout_s: float = setting(10.0, "HTTP API: time one media URL fetch may take in all")
     tls: ServerTls = nested(ServerTls)
     auth_tokens_file: str | None = auth_tokens_setting()
     log_level: str = log_level_setting()
@@ -154,6 +171,10 @@ class DecoderConfig:
             problems.append(f"--max-media-per-request must be >= 0, got {self.max_media_per_request}")
         if self.max_context_len is not None and self.max_context_len < 2:
             problems.append(f"--max-context-len must be >= 2, got {self.max_context_len}")
+        if self.http_port is not None and not 0 <= self.http_port < 65536:
+            problems.append(f"--http-port must lie in [0, 65535], got {self.http_port}")
+        if self.media_fetch_timeout_s <= 0:
+            problems.append(f"--media-fetch-timeout-s must be > 0, got {self.media_fetch_timeout_s}")
         problems += self.cache.problems() + self.quant.problems()
         if problems:
             raise ValueError("; ".join(problems))

@@ -27,6 +27,7 @@ from internvl_serve.common.service_settings import (
     max_receive_setting,
     max_request_media_setting,
     max_send_setting,
+    metrics_port_setting,
     model_setting,
     num_threads_setting,
 )
@@ -59,6 +60,7 @@ class EncoderConfig:
     max_in_flight: int = max_in_flight_setting(256)  # the decoders send one Encode call per media item
     grace_s: float = grace_setting()
     drain_notice_s: float = drain_notice_setting()
+    metrics_port: int | None = metrics_port_setting()
     tls: ServerTls = nested(ServerTls)
     auth_tokens_file: str | None = auth_tokens_setting()
     log_level: str = log_level_setting()
