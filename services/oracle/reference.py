@@ -115,6 +115,22 @@ class Oracle:
             results.append([t for i, t in enumerate(tokens) if not (t == pad and i > 0 and tokens[i - 1] in eos)])
         return results
 
+    @torch.inference_mode()
+    def greedy_logprobs(self, conversation: Conversation, max_new_tokens: int = 16) -> tuple[list[int], torch.Tensor]:
+        """Greedy new tokens (up to and including eos) and the log-softmax of the raw logits at each step,
+        [num_tokens, vocab] fp32: what logprobs report."""
+        inputs = self.prepare(conversation)
+        out = self.model.generate(
+            **inputs.as_model_kwargs(),
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+        tokens = self.generate(conversation, max_new_tokens)[0]
+        logprobs = torch.stack([step[0].float().log_softmax(-1) for step in out.logits[: len(tokens)]])
+        return tokens, logprobs
+
     def decode(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=True)
 

@@ -24,14 +24,16 @@ from internvl_serve.decoder.config import DecoderConfig
 from internvl_serve.decoder.engine.block_manager import BlockManager
 from internvl_serve.decoder.engine.kv_cache import KVCache, KVCacheSpec, num_kv_blocks
 from internvl_serve.decoder.engine.loaded_model import LoadedModel
+from internvl_serve.decoder.engine.logprobs import TokenLogprob, TokenTexts
 from internvl_serve.decoder.engine.model_runner import ModelRunner, StepInputs
 from internvl_serve.decoder.engine.output_stream import RequestStream
 from internvl_serve.decoder.engine.request import GenerationDelta, GenerationRequest, GenerationResult
-from internvl_serve.decoder.engine.sampler import SamplingRow, sample
+from internvl_serve.decoder.engine.sampler import SamplingRow, StepSamples, sample_step
 from internvl_serve.decoder.engine.sampling_params import SamplingParams
 from internvl_serve.decoder.engine.scheduler import SampledToken, Scheduler
 from internvl_serve.decoder.engine.sequence import Sequence
 from internvl_serve.decoder.engine.sequence_factory import new_sequence
+from internvl_serve.decoder.engine.structured_output import StructuredOutput
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +69,9 @@ class Engine:
         self.block_manager = BlockManager(num_blocks, cfg.block_size, cfg.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, cfg.max_num_seqs, cfg.max_tokens_per_step, cfg.max_queue)
         self.runner = ModelRunner(runtime.model, self.kv_cache, runtime.device)
+        vocab_size = runtime.model.config.vocab_size
+        self.structured = StructuredOutput(runtime.tokenizer, vocab_size, runtime.eos_token_ids)
+        self._token_texts = TokenTexts(runtime.tokenizer)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decoder-step")
         # Prompts are tokenized off the loop, one at a time: a fast tokenizer must not be used from two
         # threads at once (the prompt builder has its own instance; detokenizing stays on the loop).
@@ -113,6 +118,8 @@ class Engine:
         """Cheap checks to run before encoding media (InvalidArgument / ResourceExhausted); returns the
         number of media parts the chat needs embeddings for."""
         sampling.validate()
+        if sampling.grammar is not None:
+            self.structured.compile(sampling.grammar)  # a bad schema or regex fails here, before any work
         return self.runtime.prompt_builder.check(messages)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
@@ -134,13 +141,15 @@ class Engine:
 
     async def generate_full(self, request: GenerationRequest) -> GenerationResult:
         """The unary answer: the concatenation of what generate() streams."""
-        text, ids = [], []
+        text, ids, logprobs = [], [], []
         async with contextlib.aclosing(self.generate(request)) as deltas:
             async for delta in deltas:
                 text.append(delta.text)
                 ids += delta.token_ids
+                logprobs += delta.logprobs or []
                 if delta.finished:
-                    return GenerationResult("".join(text), ids, delta.finish_reason, delta.usage)
+                    entries = logprobs if request.sampling.logprobs else None
+                    return GenerationResult("".join(text), ids, delta.finish_reason, delta.usage, entries)
         raise RuntimeError("the stream ended without a finish reason")
 
     async def warmup(self) -> None:
@@ -173,7 +182,9 @@ class Engine:
         prompt = await asyncio.get_running_loop().run_in_executor(self._prompt_executor, self._build_prompt, request)
         if self._closing:  # closed while the prompt was being built
             raise Unavailable("the decoder is shutting down; retry on another replica")
-        seq = new_sequence(next(self._ids), request, prompt, self.runtime, self.config)
+        spec = request.sampling.grammar
+        grammar = None if spec is None else self.structured.matcher(spec)
+        seq = new_sequence(next(self._ids), request, prompt, self.runtime, self.config, grammar)
         self.scheduler.add(seq)  # ResourceExhausted when the queue is full
         stream = RequestStream(seq, self.runtime.tokenizer)
         self._streams[seq.seq_id] = stream
@@ -259,9 +270,10 @@ class Engine:
             if chunk.seq.first_scheduled_time is None:  # admitted: its time in the queue ends here
                 chunk.seq.first_scheduled_time = now
         inputs = self.runner.prepare(out.chunks, [self.block_manager.block_table(c.seq.seq_id) for c in out.chunks])
-        rows = [_sampling_row(c.seq) for c in out.chunks if c.samples]
+        sampled = [c.seq for c in out.chunks if c.samples]
+        rows = [_sampling_row(seq) for seq in sampled]
         try:
-            tokens = await asyncio.get_running_loop().run_in_executor(self._executor, self._execute, inputs, rows)
+            samples = await asyncio.get_running_loop().run_in_executor(self._executor, self._execute, inputs, rows)
         except Exception as exc:  # a failed model step fails its own requests, never the loop
             logger.exception("decoder model step failed")
             for chunk in out.chunks:
@@ -273,10 +285,11 @@ class Engine:
                 self._abort(chunk.seq, error)
             return
         self._num_steps += 1
-        self._deliver(self.scheduler.update_from_output(out, tokens))
+        logprobs = {seq.seq_id: entry for seq, entry in zip(sampled, samples.logprobs) if entry is not None}
+        self._deliver(self.scheduler.update_from_output(out, samples.tokens), logprobs)
 
-    def _execute(self, inputs: StepInputs, rows: list[SamplingRow]) -> list[int]:
-        return sample(self.runner.execute(inputs), rows)
+    def _execute(self, inputs: StepInputs, rows: list[SamplingRow]) -> StepSamples:
+        return sample_step(self.runner.execute(inputs), rows, self.structured)
 
     def _expire_deadlines(self) -> None:
         now = time.monotonic()
@@ -284,12 +297,14 @@ class Engine:
             if stream.seq.deadline is not None and now >= stream.seq.deadline:
                 self._abort(stream.seq, stream.deadline_error())
 
-    def _deliver(self, appended: list[SampledToken]) -> None:
+    def _deliver(self, appended: list[SampledToken], logprobs: dict[int, TokenLogprob]) -> None:
         """Turn the step's new tokens into deltas for their consumers; a stop string finishes its sequence."""
         for item in appended:
             seq = item.seq
             stream = self._streams[seq.seq_id]
-            delta = stream.delta_for(item.token, item.finish_reason)
+            entry = logprobs.get(seq.seq_id)
+            entry = None if entry is None else self._token_texts.with_texts(entry)
+            delta = stream.delta_for(item.token, item.finish_reason, entry)
             if delta.finished:
                 if seq.is_finished:
                     seq.finish_reason = delta.finish_reason  # a stop string outranks the length limit
@@ -311,4 +326,4 @@ class Engine:
 
 def _sampling_row(seq: Sequence) -> SamplingRow:
     history = seq.all_token_ids() if seq.sampling.effective_repetition_penalty != 1.0 else None
-    return SamplingRow(seq.sampling, seq.generator, history)
+    return SamplingRow(seq.sampling, seq.generator, history, seq.grammar)

@@ -10,6 +10,7 @@ import asyncio
 
 from internvl_serve.common.errors import DeadlineExceeded
 from internvl_serve.decoder.engine.detokenizer import IncrementalDetokenizer
+from internvl_serve.decoder.engine.logprobs import TokenLogprob
 from internvl_serve.decoder.engine.request import FinishReason, GenerationDelta, Usage
 from internvl_serve.decoder.engine.sequence import Sequence
 
@@ -20,17 +21,21 @@ class RequestStream:
         self.detokenizer = IncrementalDetokenizer(tokenizer, seq.sampling.stop)
         self.queue: asyncio.Queue = asyncio.Queue()
 
-    def delta_for(self, token: int, finish_reason: FinishReason | None) -> GenerationDelta:
+    def delta_for(
+        self, token: int, finish_reason: FinishReason | None, logprob: TokenLogprob | None = None
+    ) -> GenerationDelta:
         """The delta for a token the scheduler has appended (`finish_reason`: the token-level stop that
-        fired, if any). A stop string in the text finishes the reply with STOP."""
+        fired, if any; `logprob`: its entry when the request asked for logprobs). A stop string in the text
+        finishes the reply with STOP."""
         text = self.detokenizer.add(token)
+        logprobs = None if logprob is None else [logprob]
         reason = FinishReason.STOP if self.detokenizer.stopped_on is not None else finish_reason
         if reason is None:
-            return GenerationDelta(text, [token])
+            return GenerationDelta(text, [token], logprobs=logprobs)
         text += self.detokenizer.finish()
         if self.detokenizer.stopped_on is not None:
             reason = FinishReason.STOP  # the final flush completed a stop string
-        return GenerationDelta(text, [token], reason, self.usage())
+        return GenerationDelta(text, [token], reason, self.usage(), logprobs)
 
     def usage(self) -> Usage:
         seq = self.seq

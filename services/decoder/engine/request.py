@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from internvl_serve.decoder.engine.logprobs import TokenLogprob
 from internvl_serve.decoder.engine.media import MediaEmbedding
 from internvl_serve.decoder.engine.sampling_params import SamplingParams
 
@@ -54,6 +55,7 @@ class GenerationDelta:
     token_ids: list[int]
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
+    logprobs: list[TokenLogprob] | None = None  # one per token id, when the request asked for logprobs
 
     @property
     def finished(self) -> bool:
@@ -68,3 +70,4 @@ class GenerationResult:
     token_ids: list[int]
     finish_reason: FinishReason
     usage: Usage
+    logprobs: list[TokenLogprob] | None = None

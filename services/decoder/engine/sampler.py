@@ -1,17 +1,22 @@
 """Sampler: next tokens from logits, with transformers' logits-processor semantics.
 
-Order as in transformers' generate: repetition penalty, then (sampling only) temperature, top-k, top-p,
-then a multinomial draw from the request's own torch.Generator, so a seeded request gives the same tokens
-whatever else is in the batch. Greedy is torch.argmax (the first maximum on ties), as transformers does.
+Logprobs, when asked for, come from the raw logits first (logprobs.py). Then a grammar's mask (structured
+output), then as in transformers' generate: repetition penalty, then (sampling only) temperature, top-k,
+top-p, then a multinomial draw from the request's own torch.Generator, so a seeded request gives the same
+tokens whatever else is in the batch. Greedy is torch.argmax (the first maximum on ties), as transformers
+does. Each constrained row's matcher then accepts its token.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
+from internvl_serve.decoder.engine.logprobs import TokenLogprob, compute_logprobs
 from internvl_serve.decoder.engine.sampling_params import SamplingParams
+from internvl_serve.decoder.engine.structured_output import StructuredOutput, accept
 
 
 @dataclass
@@ -21,6 +26,15 @@ class SamplingRow:
     params: SamplingParams
     generator: torch.Generator | None  # None for greedy
     history: list[int] | None  # prompt + output ids, only when a repetition penalty is set
+    grammar: Any = None  # the sequence's xgrammar GrammarMatcher (structured output), advanced here
+
+
+@dataclass
+class StepSamples:
+    """One token per row, and for rows that asked for logprobs their entry (None elsewhere)."""
+
+    tokens: list[int]
+    logprobs: list[TokenLogprob | None] = field(default_factory=list)
 
 
 def apply_repetition_penalty(logits: torch.Tensor, history: list[int], penalty: float) -> torch.Tensor:
@@ -78,10 +92,39 @@ def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
     return generator
 
 
-def sample(logits: torch.Tensor, rows: list[SamplingRow]) -> list[int]:
+def sample(logits: torch.Tensor, rows: list[SamplingRow], structured: StructuredOutput | None = None) -> list[int]:
     """One token per row of logits [num_rows, vocab] (fp32)."""
+    return sample_step(logits, rows, structured).tokens
+
+
+@torch.inference_mode()  # the model's logits are inference tensors; masks are applied in place
+def sample_step(
+    logits: torch.Tensor, rows: list[SamplingRow], structured: StructuredOutput | None = None
+) -> StepSamples:
+    """Tokens (and logprobs where asked) for a step's rows; advances the rows' grammars."""
     if len(rows) != logits.shape[0]:
         raise ValueError(f"{logits.shape[0]} logit rows for {len(rows)} sampling rows")
+    want_logprobs = [i for i, r in enumerate(rows) if r.params.logprobs]
+    raw = logits[want_logprobs] if want_logprobs else None  # a copy, before any mask or penalty
+    constrained = [i for i, r in enumerate(rows) if r.grammar is not None]
+    if constrained:
+        structured.apply(logits, constrained, [rows[i].grammar for i in constrained])
+    tokens = _pick(logits, rows)
+    for i in constrained:
+        accept(rows[i].grammar, tokens[i])
+    logprobs: list[TokenLogprob | None] = [None] * len(rows)
+    if raw is not None:
+        entries = compute_logprobs(
+            raw,
+            [tokens[i] for i in want_logprobs],
+            [rows[i].params.top_logprobs for i in want_logprobs],
+        )
+        for i, entry in zip(want_logprobs, entries):
+            logprobs[i] = entry
+    return StepSamples(tokens, logprobs)
+
+
+def _pick(logits: torch.Tensor, rows: list[SamplingRow]) -> list[int]:
     simple_greedy = [
         i
         for i, r in enumerate(rows)

@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass
 
 from internvl_serve.common.errors import InvalidArgument
+from internvl_serve.decoder.engine.logprobs import MAX_TOP_LOGPROBS
+from internvl_serve.decoder.engine.structured_output import GrammarSpec, check_json_schema, grammar_spec
 
 MAX_STOP_STRINGS = 16
 MAX_STOP_BYTES = 256
@@ -17,7 +19,7 @@ class SamplingParams:
 
     max_new_tokens 0 = the server default; temperature 0 = greedy (top_p, top_k and seed are then
     ignored); top_p 0 = 1.0 (off); top_k 0 = no limit; seed None = a fresh random seed;
-    repetition_penalty 0 = 1.0 (off).
+    repetition_penalty 0 = 1.0 (off). json_schema / regex "" = unconstrained; top_logprobs needs logprobs.
     """
 
     max_new_tokens: int = 0
@@ -28,6 +30,10 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
     repetition_penalty: float = 0.0
+    json_schema: str = ""  # constrained decoding (structured_output.py)
+    regex: str = ""
+    logprobs: bool = False  # each generated token's raw logprob (logprobs.py)
+    top_logprobs: int = 0
 
     def validate(self) -> None:
         """Raise InvalidArgument naming the field and the accepted range."""
@@ -57,6 +63,26 @@ class SamplingParams:
                 raise InvalidArgument(
                     f"sampling.stop[{i}] is {n} UTF-8 bytes; each stop string must be 1 to {MAX_STOP_BYTES}"
                 )
+        self._validate_extras()
+
+    def _validate_extras(self) -> None:
+        if self.json_schema and self.regex:
+            raise InvalidArgument("sampling.json_schema and sampling.regex cannot both be set: choose one")
+        if (self.json_schema or self.regex) and self.ignore_eos:
+            raise InvalidArgument(
+                "sampling.ignore_eos cannot be combined with json_schema or regex: a constrained reply ends on "
+                "end-of-sequence once it is complete"
+            )
+        if self.json_schema:
+            check_json_schema(self.json_schema)
+        if not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise InvalidArgument(f"sampling.top_logprobs must lie in [0, {MAX_TOP_LOGPROBS}], got {self.top_logprobs}")
+        if self.top_logprobs and not self.logprobs:
+            raise InvalidArgument("sampling.top_logprobs needs sampling.logprobs set to true")
+
+    @property
+    def grammar(self) -> GrammarSpec | None:
+        return grammar_spec(self.json_schema, self.regex)
 
     @property
     def greedy(self) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from internvl_serve.common.errors import InvalidArgument
 from internvl_serve.decoder.config import DecoderConfig
@@ -33,7 +34,12 @@ def resolve_max_new_tokens(requested: int, prompt_len: int, context_len: int, de
 
 
 def new_sequence(
-    seq_id: int, request: GenerationRequest, prompt: Prompt, runtime: LoadedModel, config: DecoderConfig
+    seq_id: int,
+    request: GenerationRequest,
+    prompt: Prompt,
+    runtime: LoadedModel,
+    config: DecoderConfig,
+    grammar: Any = None,
 ) -> Sequence:
     sampling = request.sampling
     max_new = resolve_max_new_tokens(
@@ -54,4 +60,5 @@ def new_sequence(
         arrival_time=time.monotonic(),
         deadline=request.deadline,
         generator=None if sampling.greedy else make_generator(sampling.seed, runtime.device),
+        grammar=grammar,
     )

@@ -65,9 +65,26 @@ def sampling_from_proto(s: pb.SamplingParams) -> SamplingParams:
         stop=tuple(s.stop),
         ignore_eos=s.ignore_eos,
         repetition_penalty=s.repetition_penalty,
+        json_schema=s.json_schema,
+        regex=s.regex,
+        logprobs=s.logprobs,
+        top_logprobs=s.top_logprobs,
     )
     params.validate()
     return params
+
+
+def logprobs_to_proto(entries) -> list[pb.TokenLogprob]:
+    """The engine's TokenLogprob entries as internvl.v1.TokenLogprob messages."""
+    return [
+        pb.TokenLogprob(
+            token_id=e.token_id,
+            token=e.token,
+            logprob=e.logprob,
+            top_logprobs=[pb.TopLogprob(token_id=t.token_id, token=t.token, logprob=t.logprob) for t in e.top],
+        )
+        for e in entries or ()
+    ]
 
 
 def check_request_id(request_id: str) -> str:

@@ -29,6 +29,7 @@ from internvl_serve.decoder.service.proto_convert import (
     check_media_bytes,
     check_request_id,
     fix_media_types,
+    logprobs_to_proto,
     sampling_from_proto,
 )
 from internvl_serve.pb.internvl.v1 import generation_service_pb2 as pb
@@ -83,12 +84,13 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             with chat_trace.start() as span:
                 try:
                     request_id, deltas = await self._start(request, context, chat_trace, span)
-                    text, ids, last = [], [], None
+                    text, ids, logprobs, last = [], [], [], None
                     async with contextlib.aclosing(deltas):
                         async for delta in deltas:
                             chat_trace.delta(delta)
                             text.append(delta.text)
                             ids += delta.token_ids
+                            logprobs += logprobs_to_proto(delta.logprobs)
                             last = delta
                 except BaseException as exc:
                     chat_trace.end(exc)
@@ -103,6 +105,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
             usage=_usage(last.usage),
             request_id=request_id,
             model=self.model_name,
+            logprobs=logprobs,
         )
 
     async def GenerateStream(
@@ -122,6 +125,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
                                 token_ids=delta.token_ids,
                                 request_id=request_id,
                                 model=self.model_name,
+                                logprobs=logprobs_to_proto(delta.logprobs),
                             )
                             if delta.finished:
                                 msg.finish_reason = _FINISH[delta.finish_reason]
