@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 
 from internvl_serve.common.config_fields import setting
+from internvl_serve.common.errors import ResourceExhausted
 from internvl_serve.common.rpc_wrap import is_infrastructure, wrap_rpc
 
 
@@ -31,15 +32,27 @@ class InFlightLimit(grpc.aio.ServerInterceptor):
             "retry with backoff or add replicas"
         )
 
+    def try_acquire(self) -> bool:
+        """Take a slot if one is free (the HTTP API shares the gRPC calls' limit); release() gives it back."""
+        if self.in_flight >= self.limit:
+            return False
+        self.in_flight += 1
+        return True
+
+    def release(self) -> None:
+        self.in_flight -= 1
+
+    def refusal(self) -> ResourceExhausted:
+        return ResourceExhausted(self._message())
+
     @contextlib.asynccontextmanager
     async def _admit(self, context):
-        if self.in_flight >= self.limit:
+        if not self.try_acquire():
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self._message())
-        self.in_flight += 1
         try:
             yield
         finally:
-            self.in_flight -= 1
+            self.release()
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)

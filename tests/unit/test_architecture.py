@@ -18,12 +18,14 @@ Rules:
   (internvl_serve.decoder.service), nor the generated stubs (internvl_serve.pb), nor grpc;
 - the decoder's gRPC service (services/decoder/service/) uses only the engine's public API: it imports
   internvl_serve.decoder.engine and the names in its __all__, never a submodule of it;
-- no source file under services/, kernels/, clients/, benchmarks/ or scripts/ is over 400 lines.
+- no source file (.py, .sh, .js) under services/, kernels/, clients/, benchmarks/ or scripts/ is over 400 lines
+  (installed packages, node_modules/ of clients/node, are not ours and not read).
 """
 
 from __future__ import annotations
 
 import ast
+import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -41,7 +43,8 @@ PACKAGES = {
 SOURCE_DIRS = ("services", "kernels", "clients", "benchmarks", "scripts")
 GENERATED = ("proto/pb",)
 MAX_LINES = 400
-LINE_COUNTED = (".py", ".sh")
+LINE_COUNTED = (".py", ".sh", ".js")
+NOT_OURS = ("__pycache__", "node_modules")  # folders skipped wherever they are
 
 
 @dataclass(frozen=True)
@@ -183,10 +186,11 @@ def violations(path: str, source: str) -> list[str]:
 def source_files() -> list[str]:
     files = []
     for folder in SOURCE_DIRS:
-        for file in sorted((REPO / folder).rglob("*")):
-            rel = file.relative_to(REPO).as_posix()
-            if file.is_file() and rel.endswith(LINE_COUNTED) and "__pycache__" not in file.parts:
-                if not any(_under(rel, g) for g in GENERATED):
+        for dirpath, dirnames, filenames in os.walk(REPO / folder):
+            dirnames[:] = sorted(d for d in dirnames if d not in NOT_OURS)  # never walk into node_modules
+            for name in sorted(filenames):
+                rel = (Path(dirpath) / name).relative_to(REPO).as_posix()
+                if rel.endswith(LINE_COUNTED) and not any(_under(rel, g) for g in GENERATED):
                     files.append(rel)
     return files
 
@@ -196,6 +200,7 @@ def test_the_layering_holds_on_the_tree():
     python = [f for f in files if f.endswith(".py")]
     assert len(python) > 50, f"only {len(python)} Python files found under {SOURCE_DIRS} in {REPO}"
     assert {f.split("/")[0] for f in python} >= {"services", "kernels", "clients"}
+    assert not [f for f in files if set(f.split("/")) & set(NOT_OURS)]
     scanned_imports = 0
     broken = []
     for path in files:
@@ -255,6 +260,7 @@ def test_relative_and_nested_imports_are_resolved():
         ("services/decoder/service/fake.py", "import internvl_serve.decoder.engine.scheduler\n", "public API"),
         ("services/decoder/service/fake.py", "from internvl_serve.decoder.engine.Engine import x\n", "public API"),
         ("scripts/fake.sh", "echo\n" * (MAX_LINES + 1), f"{MAX_LINES + 1} lines"),
+        ("clients/node/src/fake.js", "f();\n" * (MAX_LINES + 1), f"{MAX_LINES + 1} lines"),
     ],
 )
 def test_the_checker_reports_a_violation(path, source, expected):

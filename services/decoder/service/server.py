@@ -10,10 +10,13 @@ from typing import Any
 from internvl_serve.common.errors import StartupError
 from internvl_serve.common.logs import log_event
 from internvl_serve.common.service_lifecycle import ServiceServer
-from internvl_serve.common.service_settings import receive_limit
+from internvl_serve.common.service_settings import MiB, receive_limit
 from internvl_serve.common.telemetry import Telemetry
 from internvl_serve.decoder.config import DecoderConfig
 from internvl_serve.decoder.engine import Engine, load_model
+from internvl_serve.decoder.http.app import OpenAIApi
+from internvl_serve.decoder.http.media_fetch import MediaFetcher
+from internvl_serve.decoder.http.server import HttpApiServer
 from internvl_serve.decoder.service.chat_telemetry import DecoderMetrics
 from internvl_serve.decoder.service.encoder_client import EncoderClient
 from internvl_serve.decoder.service.media_ids import MediaIdLookup
@@ -63,8 +66,26 @@ class DecoderServer(ServiceServer):
             media_ids=self.media_ids,
         )
         pb_grpc.add_GenerationServiceServicer_to_server(self.servicer, self.server)
+        self.fetcher: MediaFetcher | None = None
+        self.http = self._http_api() if config.http_port is not None else None
+        self.http_port = None if self.http is None else self.http.port  # the bound one (0 picks)
+
+    def _http_api(self) -> HttpApiServer:
+        """The OpenAI-compatible API over the same servicer, tokens and TLS (decoder/http/)."""
+        config = self.config
+        try:
+            self.fetcher = MediaFetcher(
+                config.allowed_media_domains, config.media_fetch_timeout_s, config.max_request_media_bytes
+            )
+        except ValueError as exc:
+            raise StartupError(f"--allowed-media-domains: {exc}") from None
+        max_body = receive_limit(config) * 4 // 3 + MiB  # media arrive base64-encoded in data: URLs
+        api = OpenAIApi(self.servicer, self.security.tokens, self.in_flight, self.fetcher, max_body)
+        return HttpApiServer(api.app, config.host, config.http_port, config.tls)
 
     async def load(self) -> None:
+        if self.http is not None:
+            await self.http.start()  # /health says 503 until the model is loaded and warm
         model = await asyncio.get_running_loop().run_in_executor(None, load_model, self.config)
         self.engine = Engine(model, self.config)
         await self.engine.warmup()
@@ -72,7 +93,11 @@ class DecoderServer(ServiceServer):
         self.servicer.engine = self.engine
 
     def serving_fields(self) -> dict[str, Any]:
-        return {"encoders": list(self.config.encoders), "kv_blocks": self.engine.num_total_blocks}
+        return {
+            "encoders": list(self.config.encoders),
+            "kv_blocks": self.engine.num_total_blocks,
+            "http_port": self.http_port,
+        }
 
     async def drain(self, grace_s: float) -> None:
         """In-flight calls get the grace period (gRPC's own grace would cut long streams short): a call still
@@ -88,6 +113,8 @@ class DecoderServer(ServiceServer):
             kv_blocks_free=self.engine.num_free_blocks,  # all of them again once every call is done
             kv_blocks_total=self.engine.num_total_blocks,
         )
+        if self.http is not None:
+            await self.http.stop()
         await self.server.stop(1.0)
 
     async def _wait_quiet(self, timeout_s: float) -> bool:
@@ -100,6 +127,10 @@ class DecoderServer(ServiceServer):
         return True
 
     async def close(self) -> None:
+        if self.http is not None:
+            await self.http.stop()  # idempotent; here when loading failed or the drain was cut short
+        if self.fetcher is not None:
+            await self.fetcher.close()
         if self.engine is not None:
             await self.engine.close()
         if self.encoders is not None:

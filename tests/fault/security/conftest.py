@@ -64,6 +64,7 @@ def secure_stack(tiny_model_dir, redis_server, pki, tmp_path_factory):
         encoder_tls=EncoderLinkTls(ca=str(pki.ca), cert=str(pki.client_cert), key=str(pki.client_key)),
         encoder_token=DECODER,
         cache=encoder.server.config.cache,
+        http_port=0,  # the OpenAI-compatible API: the same certificate and tokens
     )
     spans = InMemorySpanExporter()
     decoder = ServerThread(lambda: DecoderServer(config, telemetry=in_memory_telemetry("internvl-decoder", spans)))
