@@ -1,6 +1,9 @@
 """One lifecycle for both services: listen with health NOT_SERVING, load, warm up, SERVING; on stop,
 NOT_SERVING, drain, stop the gRPC server, close, flush telemetry.
 
+With --metrics-port, Prometheus `/metrics` (common/prometheus.py) is bound with the gRPC port, on the same
+--host, served from start() on (while the model loads too) and closed last, before the telemetry flush.
+
 A service subclasses `ServiceServer` and fills in three steps: `load` (build and warm its engine),
 `drain` (let in-flight work finish within the grace period, then stop the gRPC server), and `close`
 (release what it holds). Tests drive a server in-process (start / stop); the CLI runs it until a signal.
@@ -14,8 +17,10 @@ from typing import Any
 
 from internvl_serve.common.admission import InFlightLimit
 from internvl_serve.common.auth import AuthInterceptor
+from internvl_serve.common.errors import StartupError
 from internvl_serve.common.grpc_server import bind, create_server
 from internvl_serve.common.logs import log_event
+from internvl_serve.common.prometheus import MetricsServer
 from internvl_serve.common.security import Security
 from internvl_serve.common.service_settings import receive_limit
 from internvl_serve.common.telemetry import Telemetry, setup_telemetry
@@ -23,7 +28,7 @@ from internvl_serve.common.telemetry import Telemetry, setup_telemetry
 
 class ServiceServer:
     """`config` needs host, port, grace_s, drain_notice_s, max_receive_bytes, max_send_bytes, max_in_flight,
-    tls, auth_tokens_file and telemetry (settings)."""
+    tls, auth_tokens_file, metrics_port and telemetry (settings)."""
 
     kind = "service"  # "encoder" or "decoder": the log events' prefix and the tracer/meter scope
     # Without tokens, take the tenant callers name in their metadata: true for encoders (behind decoders
@@ -31,12 +36,14 @@ class ServiceServer:
     trusts_named_tenant = False
 
     def __init__(self, config: Any, service_names: list[str], telemetry: Telemetry | None = None):
-        """`telemetry`: default, providers from `config.telemetry`, shut down (flushed) by stop()."""
+        """`telemetry`: default, providers from `config.telemetry`, shut down (flushed) by stop(); one given
+        must have been set up with `prometheus=True` when `config.metrics_port` is set."""
         self.config = config
         self.draining = asyncio.Event()
         self.serving = False  # answered SERVING (a stop then gives clients the drain notice)
         self._owns_telemetry = telemetry is None
-        self.telemetry = telemetry or setup_telemetry(settings=config.telemetry)
+        prometheus = config.metrics_port is not None
+        self.telemetry = telemetry or setup_telemetry(settings=config.telemetry, prometheus=prometheus)
         self.log = logging.getLogger(f"internvl_serve.{self.kind}")
         self.security = Security.load(config)  # StartupError (exit 2) before anything listens
         self.in_flight = InFlightLimit(config.max_in_flight, self.kind)
@@ -49,6 +56,18 @@ class ServiceServer:
             in_flight=self.in_flight,
         )
         self.port = bind(self.server, config.host, config.port, self.security.credentials)
+        self.metrics_server = self._bind_metrics() if prometheus else None
+        self.metrics_port = None if self.metrics_server is None else self.metrics_server.port  # the bound one
+
+    def _bind_metrics(self) -> MetricsServer:
+        registry = self.telemetry.prometheus_registry
+        if registry is None:
+            raise ValueError("metrics_port is set but the Telemetry given has no Prometheus reader")
+        try:
+            return MetricsServer(registry, self.config.host, self.config.metrics_port)
+        except OSError as exc:  # in use, or not this machine's address: a usage error (exit 2)
+            where = f"{self.config.host}:{self.config.metrics_port}"
+            raise StartupError(f"--metrics-port: cannot listen on {where} ({exc.strerror or exc})") from None
 
     @property
     def scope(self) -> str:
@@ -57,14 +76,17 @@ class ServiceServer:
 
     async def start(self) -> None:
         await self.health.set(False)
+        if self.metrics_server is not None:
+            self.metrics_server.start()  # scrapable while the model loads (its gauges report nothing yet)
         await self.server.start()  # health answers NOT_SERVING while the model loads
         try:
             await self.load()
-        except BaseException:  # a bad checkpoint: release the port and what was built, then report it
+        except BaseException:  # a bad checkpoint: release the ports and what was built, then report it
             try:
                 await self.server.stop(0)
                 await self.close()
             finally:
+                await self._stop_metrics()
                 await self._shutdown_telemetry()
             raise
         await self.health.set(True)
@@ -74,6 +96,7 @@ class ServiceServer:
             f"{self.kind}_serving",
             host=self.config.host,
             port=self.port,
+            metrics_port=self.metrics_port,
             tls="mutual" if self.config.tls.client_ca else bool(self.security.credentials),
             auth=self.security.tokens is not None,
             **self.serving_fields(),
@@ -97,8 +120,13 @@ class ServiceServer:
             try:
                 await self.close()
             finally:
+                await self._stop_metrics()
                 await self._shutdown_telemetry()
                 log_event(self.log, f"{self.kind}_stopped", port=self.port)
+
+    async def _stop_metrics(self) -> None:
+        if self.metrics_server is not None:
+            await asyncio.to_thread(self.metrics_server.stop)
 
     async def _shutdown_telemetry(self) -> None:
         if self._owns_telemetry:

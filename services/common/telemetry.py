@@ -19,6 +19,10 @@ OTEL_PROPAGATORS (W3C tracecontext + baggage by default). What is read here:
 - INTERNVL_TRACE_CONTENT=1 (or OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true): put prompt and
   completion text on spans. Off by default: no prompt text in spans (DESIGN.md section 7.8).
 
+Prometheus (`--metrics-port`, not an OTEL_* variable): `setup_telemetry(prometheus=True)` adds a
+PrometheusMetricReader (common/prometheus.py) to the MeterProvider, whatever the OTLP settings say, and the
+Telemetry holds the registry it collects into (`prometheus_registry`), which the server serves over HTTP.
+
 A misconfigured exporter is logged (`telemetry_config_error`) and skipped: telemetry never stops a service.
 """
 
@@ -29,6 +33,7 @@ import os
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
@@ -38,6 +43,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
 
 from internvl_serve.common.logs import log_event
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 log = logging.getLogger("internvl_serve.telemetry")
 
@@ -99,11 +107,13 @@ class Telemetry:
         *,
         capture_content: bool = False,
         service_name: str = "",
+        prometheus_registry: CollectorRegistry | None = None,
     ):
         self.tracer_provider = tracer_provider
         self.meter_provider = meter_provider
         self.capture_content = capture_content
         self.service_name = service_name
+        self.prometheus_registry = prometheus_registry  # what /metrics serves (None: no Prometheus reader)
         self._shutdown_lock = threading.Lock()
         self._shut_down = False
 
@@ -157,12 +167,14 @@ def setup_telemetry(
     metric_readers: Sequence[MetricReader] = (),
     capture_content: bool | None = None,
     settings: TelemetrySettings | None = None,
+    prometheus: bool = False,
 ) -> Telemetry:
     """Providers for one service, exporting where `settings` say (default: read from the OTEL_* environment).
 
     `span_exporters` and `metric_readers` are the test hook: exporters get a SimpleSpanProcessor (each span
     exported as it ends), readers are added as they are (for example an InMemoryMetricReader), both on top
-    of whatever the environment configures.
+    of whatever the environment configures. `prometheus`: also a PrometheusMetricReader, collecting into
+    the Telemetry's own `prometheus_registry` (the service's --metrics-port), even when nothing is exported.
     """
     if settings is None:
         if service_name is None:
@@ -174,22 +186,25 @@ def setup_telemetry(
         tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
     for exporter in span_exporters:
         tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
-    readers = [*_metric_readers(settings), *metric_readers]
-    meter_provider = MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
+    readers, registry = _metric_readers(settings, prometheus)
+    meter_provider = MeterProvider(
+        resource=resource, metric_readers=[*readers, *metric_readers], shutdown_on_exit=False
+    )
     content = settings.capture_content if capture_content is None else capture_content
     telemetry = Telemetry(
         tracer_provider,
         meter_provider,
         capture_content=content,
         service_name=str(resource.attributes.get("service.name", "")),
+        prometheus_registry=registry,
     )
-    if settings.traces_exporters or settings.metrics_exporters:
+    if settings.traces_exporters or settings.metrics_exporters or prometheus:
         log_event(
             log,
             "telemetry_exporting",
             service=telemetry.service_name,
             traces=list(settings.traces_exporters),
-            metrics=list(settings.metrics_exporters),
+            metrics=[*settings.metrics_exporters, *(["prometheus"] if prometheus else [])],
             capture_content=content,
         )
     return telemetry
@@ -227,8 +242,17 @@ def _span_exporters(settings: TelemetrySettings) -> list[SpanExporter]:
     return out
 
 
-def _metric_readers(settings: TelemetrySettings) -> list[MetricReader]:
+def _metric_readers(
+    settings: TelemetrySettings, prometheus: bool
+) -> tuple[list[MetricReader], CollectorRegistry | None]:
+    """The readers `settings` ask for, plus the Prometheus reader (and its registry) when `prometheus`."""
     out: list[MetricReader] = []
+    registry = None
+    if prometheus:
+        from internvl_serve.common.prometheus import prometheus_reader  # imported only when asked for
+
+        reader, registry = prometheus_reader()
+        out.append(reader)
     for name in settings.metrics_exporters:
         try:
             if name == "otlp":
@@ -241,7 +265,7 @@ def _metric_readers(settings: TelemetrySettings) -> list[MetricReader]:
                 raise ValueError(f"OTEL_METRICS_EXPORTER={name!r} is not supported (otlp, console or none)")
         except Exception as exc:
             log_event(log, "telemetry_config_error", logging.ERROR, signal="metrics", error=str(exc)[:300])
-    return out
+    return out, registry
 
 
 def _otlp(signal: str, protocol: str):

@@ -32,6 +32,17 @@ class EncoderMetrics:
             unit="{media}",
             description="Media items encoded, by internvl.media.type and internvl.media.cache_hit",
         )
+        self.tiles = meter.create_counter(
+            "internvl.encoder.tiles",
+            unit="{tile}",
+            description="Tiles run through the vision tower (image tiles and video frames; cache hits not included)",
+        )
+        self.batch_requests = meter.create_histogram(
+            "internvl.encoder.batch.requests",
+            unit="{request}",
+            description="Media items (requests) sharing one vision-tower batch",
+            explicit_bucket_boundaries_advisory=[1, 2, 3, 4, 6, 8, 12, 16, 24, 32],
+        )
         self.batch_tiles = meter.create_histogram(
             "internvl.encoder.batch.tiles",
             unit="{tile}",
@@ -65,7 +76,9 @@ class EncoderMetrics:
         )
 
     def record_batch(self, tiles: int, requests: int, seconds: float) -> None:
+        self.tiles.add(tiles)
         self.batch_tiles.record(tiles)
+        self.batch_requests.record(requests)
         self.batch_duration.record(seconds)
 
     def record_media(self, media_type: str, cache_hit: bool) -> None:

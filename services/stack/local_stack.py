@@ -40,6 +40,11 @@ def stopped_cleanly(code: int | None) -> bool:
     return code in (0, None, -signal.SIGTERM)
 
 
+def _metrics_flag(port: int | None) -> list[str]:
+    """Always explicit when on: $INTERNVL_METRICS_PORT, inherited by both children, would give them one port."""
+    return [] if port is None else ["--metrics-port", str(port)]
+
+
 class StackFailed(RuntimeError):
     """A child process could not start or exited on its own; the message carries its log tail."""
 
@@ -57,6 +62,8 @@ class StackConfig:
     encoder_port: int
     redis_port: int | None  # None: no cache
     log_dir: Path
+    decoder_metrics_port: int | None = None  # Prometheus /metrics (None: not served)
+    encoder_metrics_port: int | None = None
     redis_maxmemory: str = "1gb"
     device: str | None = None  # None: the services' own default (INTERNVL_DEVICE, else auto)
     dtype: str | None = None
@@ -77,6 +84,12 @@ class StackConfig:
     @property
     def encoder_address(self) -> str:
         return self.address(self.encoder_port)
+
+    @property
+    def metrics_urls(self) -> dict[str, str]:
+        """{"decoder": "http://HOST:PORT/metrics", "encoder": ...} of the services serving /metrics."""
+        ports = {"decoder": self.decoder_metrics_port, "encoder": self.encoder_metrics_port}
+        return {name: f"http://{self.address(port)}/metrics" for name, port in ports.items() if port is not None}
 
     @property
     def redis_url(self) -> str | None:
@@ -108,8 +121,10 @@ class LocalStack:
         ]
         cache = ["--redis-url", c.redis_url] if c.redis_url else []
         encoder = ["--model", c.model_dir, "--host", c.host, "--num-threads", str(c.encoder_threads)]
+        encoder += _metrics_flag(c.encoder_metrics_port)
         self._spawn("encoder", c.encoder_port, [*encoder, *cache, *common])
         decoder = ["--model", c.model_dir, "--host", c.host, "--num-threads", str(c.decoder_threads)]
+        decoder += _metrics_flag(c.decoder_metrics_port)
         self._spawn("decoder", c.decoder_port, [*decoder, "--encoder", c.encoder_address, *cache, *common])
         self._wait_all_healthy(should_stop)
 

@@ -67,6 +67,25 @@ def choose_port(name: str, host: str, requested: int | None, default: int, flag:
     return PortChoice(name, _fresh(host, taken), replaced_default=default)
 
 
+def metrics_ports_wanted(decoder: int | None, encoder: int | None) -> list[tuple[str, int | None, int, str]]:
+    """`up`'s (name, requested, default, flag) for the services' /metrics ports, from --metrics-port (the
+    decoder's) and --encoder-metrics-port; none without --metrics-port."""
+    if decoder is None:
+        if encoder is not None:
+            raise PortError("--encoder-metrics-port needs --metrics-port (the decoder's; 0 picks free ports)")
+        return []
+    for flag, port in (("--metrics-port", decoder), ("--encoder-metrics-port", encoder)):
+        if port is not None and not 0 <= port < 65536:
+            raise PortError(f"{flag} must lie in [0, 65535], got {port}")
+    if encoder is None and decoder == 0:
+        encoder = 0  # free ports for both
+    # encoder None: its default, the decoder's + 1, replaced by a free port when busy (a port named never is)
+    return [
+        ("decoder metrics", decoder, decoder, "--metrics-port"),
+        ("encoder metrics", encoder, min(decoder + 1, 65535), "--encoder-metrics-port"),
+    ]
+
+
 def _fresh(host: str, taken: set[int]) -> int:
     for _ in range(20):
         port = any_free_port(host)

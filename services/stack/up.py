@@ -25,7 +25,7 @@ from internvl_serve.stack.local_stack import (
     split_cores,
     stopped_cleanly,
 )
-from internvl_serve.stack.ports import PortError, choose_port
+from internvl_serve.stack.ports import PortError, choose_port, metrics_ports_wanted
 from internvl_serve.stack.processes import REDIS_INSTALL_HINT
 from internvl_serve.stack.progress import Progress
 
@@ -100,6 +100,22 @@ def add_up(sub: argparse._SubParsersAction) -> None:
         help=f"redis memory cap; the least recently used embeddings are evicted past it (default {max_memory})",
     )
     p.add_argument("--no-redis", action="store_true", help="run without redis-server (no embedding cache)")
+    metrics_env = field_env(DecoderConfig, "metrics_port")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=os.environ.get(metrics_env),
+        metavar="N",
+        help=f"serve Prometheus /metrics: the decoder's on N, the encoder's on N+1 (0 picks free ports; "
+        f"default ${metrics_env}, else off)",
+    )
+    p.add_argument(
+        "--encoder-metrics-port",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the encoder's /metrics port, with --metrics-port (default: the decoder's + 1)",
+    )
     p.add_argument(
         "--log-dir",
         type=Path,
@@ -179,6 +195,8 @@ def run(args: argparse.Namespace) -> int:
         decoder_port=ports["decoder"],
         encoder_port=ports["encoder"],
         redis_port=ports.get("redis"),
+        decoder_metrics_port=ports.get("decoder metrics"),
+        encoder_metrics_port=ports.get("encoder metrics"),
         log_dir=args.log_dir or serve_home() / "logs",
         redis_maxmemory=args.redis_maxmemory,
         device=args.device,
@@ -198,6 +216,7 @@ def _choose_ports(args: argparse.Namespace, progress: Progress) -> dict[str, int
     ]
     if not args.no_redis:
         wanted.append(("redis", args.redis_port, DEFAULT_REDIS_PORT, "--redis-port"))
+    wanted += metrics_ports_wanted(args.metrics_port, args.encoder_metrics_port)
     # Explicit ports first, so a default never takes a port the user named for another service.
     wanted.sort(key=lambda w: w[1] is None)
     taken: set[int] = set()
@@ -301,6 +320,7 @@ def _write_ready_file(path: Path, config: StackConfig, stack: LocalStack, tiny: 
         "decoder": config.decoder_address,
         "encoder": config.encoder_address,
         "redis_url": config.redis_url,
+        "metrics": config.metrics_urls,
         "model": config.model_dir,
         "tiny_model": tiny,
         "log_dir": str(config.log_dir),
@@ -327,6 +347,7 @@ def _print_ready(config: StackConfig, stack: LocalStack, tiny: bool, progress: P
         ("decoder (GenerationService)", target),
         ("encoder (VisionEncoderService)", config.encoder_address),
         ("redis (embedding cache)", config.redis_url or "off (--no-redis)"),
+        *((f"{name} metrics (Prometheus)", url) for name, url in config.metrics_urls.items()),
         ("model", config.model_dir),
         ("logs", str(config.log_dir)),
     ]

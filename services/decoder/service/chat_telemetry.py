@@ -19,7 +19,9 @@ from opentelemetry.trace import SpanKind
 from internvl_serve.decoder.engine import GenerationDelta, SamplingParams
 
 PROVIDER = "internvl-serve"
-_LATENCY_BUCKETS = [0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 30.0]
+# Seconds (the SDK's default buckets are for milliseconds); the same in OTLP and on Prometheus /metrics.
+_LATENCY_BUCKETS = [0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 15.0]
+_LATENCY_BUCKETS += [20.0, 30.0, 60.0, 120.0, 300.0]  # long generations, queues under load
 _TOKEN_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5]
 
 

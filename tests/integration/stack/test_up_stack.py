@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,18 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _scrape(url: str) -> dict[str, float]:
+    """{sample name: sum over its label sets} of a Prometheus /metrics page."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        families = text_string_to_metric_families(reply.read().decode())
+        totals: dict[str, float] = {}
+        for sample in (s for family in families for s in family.samples):
+            totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+    return totals
+
+
 def test_up_serves_an_image_chat_and_stops_everything_on_sigint(tiny_model_dir, media_dir, tmp_path):
     from internvl_serve.clients import InternVLClient
 
@@ -86,6 +99,8 @@ def test_up_serves_an_image_chat_and_stops_everything_on_sigint(tiny_model_dir, 
         "--encoder-port",
         "0",
         "--redis-port",
+        "0",
+        "--metrics-port",
         "0",
         "--log-dir",
         str(tmp_path / "logs"),
@@ -111,6 +126,10 @@ def test_up_serves_an_image_chat_and_stops_everything_on_sigint(tiny_model_dir, 
         assert first.usage.output_tokens >= 1 and first.usage.image_tokens > 0  # the encoder did its part
         assert first.usage.media_cache_hits == 0 and again.usage.media_cache_hits == 1  # redis is wired in
         assert again.token_ids == first.token_ids
+        assert set(info["metrics"]) == {"decoder", "encoder"}  # each service's own /metrics port
+        decoder_metrics, encoder_metrics = (_scrape(info["metrics"][n]) for n in ("decoder", "encoder"))
+        assert decoder_metrics["gen_ai_server_time_to_first_token_seconds_count"] == 2
+        assert encoder_metrics["internvl_encoder_media_total"] == 2
         redis_port = int(info["redis_url"].rsplit(":", 1)[1].split("/")[0])
         everything = _descendants(proc.pid)  # redis, encoder, decoder and the encoder's video workers
         assert set(info["pids"].values()) - {proc.pid} <= everything and len(everything) > 3
@@ -129,6 +148,7 @@ def test_up_serves_an_image_chat_and_stops_everything_on_sigint(tiny_model_dir, 
     assert [line.split("] ")[1].split()[0] for line in stops] == ["decoder", "encoder", "redis"]  # reverse order
     assert "everything stopped" in out
     assert f"generate --target {info['decoder']} --image" in out  # the ready-to-paste client command
+    assert f"decoder metrics (Prometheus)     {info['metrics']['decoder']}" in out
     assert b"decoder_stopped" in (tmp_path / "logs" / "decoder.log").read_bytes()
 
 

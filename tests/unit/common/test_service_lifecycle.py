@@ -24,6 +24,7 @@ CONFIG = SimpleNamespace(
     max_in_flight=8,
     tls=ServerTls(),
     auth_tokens_file=None,
+    metrics_port=None,
     telemetry=TelemetrySettings.off("fake"),
 )
 
@@ -64,7 +65,7 @@ class FakeServer(ServiceServer):
 @pytest.fixture
 def telemetry(monkeypatch):
     recording = RecordingTelemetry()
-    monkeypatch.setattr(service_lifecycle, "setup_telemetry", lambda settings: recording)
+    monkeypatch.setattr(service_lifecycle, "setup_telemetry", lambda settings, prometheus: recording)
     return recording
 
 

@@ -59,7 +59,7 @@ def flag(command: list[str], name: str) -> str:
 
 
 def test_the_stack_has_its_services(services):
-    assert set(services) == {"redis", "encoder", "decoder", "otel-collector", "jaeger"}
+    assert set(services) == {"redis", "encoder", "decoder", "otel-collector", "jaeger", "prometheus", "grafana"}
     assert set(our_services(services)) == {"encoder", "decoder"}
 
 
@@ -231,3 +231,39 @@ def test_the_collector_config_parses_and_every_pipeline_part_is_defined(services
     jaeger_host = config["exporters"]["otlp/jaeger"]["endpoint"].split(":")[0]
     assert jaeger_host in services and services[jaeger_host]["image"].startswith("jaegertracing/")
     assert any(p.endswith(":16686") for p in services["jaeger"]["ports"])
+
+
+def test_prometheus_scrapes_each_service_on_its_metrics_port(services, monkeypatch):
+    from internvl_serve.decoder.config import decoder_config_from_args
+    from internvl_serve.encoder.config import encoder_config_from_args
+
+    to_config = {"encoder": encoder_config_from_args, "decoder": decoder_config_from_args}
+    volume = services["prometheus"]["volumes"][0].split(":")
+    assert volume[1] in services["prometheus"]["command"][0] and volume[2] == "ro"
+    config = yaml.safe_load((ROOT / volume[0]).read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    decoder_target = jobs["internvl-decoder"]["static_configs"][0]["targets"]
+    encoder_sd = jobs["internvl-encoder"]["dns_sd_configs"][0]  # every replica, by DNS
+    scraped = {"decoder": decoder_target[0], "encoder": f"{encoder_sd['names'][0]}:{encoder_sd['port']}"}
+    for name, service in our_services(services).items():
+        port = service["environment"]["INTERNVL_METRICS_PORT"]
+        monkeypatch.setenv("INTERNVL_METRICS_PORT", port)  # the flags' defaults come from the environment
+        config = to_config[name](build_parser().parse_args(service["command"][1:]))
+        assert str(config.metrics_port) == port
+        assert scraped[name] == f"{name}:{port}"
+        assert port in service["expose"], f"{name} does not expose its /metrics port {port}"
+
+
+def test_grafana_provisions_prometheus_and_the_dashboard(services):
+    import json
+
+    grafana = services["grafana"]
+    mounts = {v.split(":")[1]: ROOT / v.split(":")[0] for v in grafana["volumes"]}
+    provisioning = mounts["/etc/grafana/provisioning"]
+    source = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"][0]
+    assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090" and "prometheus" in services
+    provider = yaml.safe_load((provisioning / "dashboards" / "internvl-serve.yml").read_text())["providers"][0]
+    dashboards = [path for where, path in mounts.items() if where.startswith(provider["options"]["path"] + "/")]
+    assert [p.name for p in dashboards] == ["internvl-serve-dashboard.json"]
+    dashboard = json.loads(dashboards[0].read_text())  # its queries are checked against real scrapes elsewhere
+    assert dashboard["templating"]["list"][0]["query"] == "prometheus"

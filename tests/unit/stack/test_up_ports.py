@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 
 import pytest
 
 from internvl_serve.cli import main
-from internvl_serve.stack.ports import PortError, choose_port, is_free
+from internvl_serve.stack.ports import PortError, choose_port, is_free, metrics_ports_wanted
 
 
 @pytest.fixture
@@ -98,3 +99,41 @@ def test_up_refuses_a_directory_that_is_no_checkpoint_before_starting_anything(t
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("internvl-serve: error:") and "config.json" in err
     assert not (tmp_path / "logs").exists()
+
+
+def test_metrics_ports_default_to_off_and_the_encoders_to_the_decoders_plus_one():
+    assert metrics_ports_wanted(None, None) == []
+    assert metrics_ports_wanted(9100, None) == [
+        ("decoder metrics", 9100, 9100, "--metrics-port"),
+        ("encoder metrics", None, 9101, "--encoder-metrics-port"),  # a default: replaced by a free port when busy
+    ]
+    assert [w[1] for w in metrics_ports_wanted(0, None)] == [0, 0]  # free ports for both
+    assert [w[1] for w in metrics_ports_wanted(9100, 9200)] == [9100, 9200]
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--encoder-metrics-port", "9200"], "--encoder-metrics-port needs --metrics-port"),
+        (["--metrics-port", "70000"], r"--metrics-port must lie in \[0, 65535\], got 70000"),
+        (["--metrics-port", "0", "--encoder-metrics-port", "-1"], "--encoder-metrics-port must lie in"),
+    ],
+)
+def test_up_refuses_bad_metrics_ports_before_starting_anything(flags, message, capsys, tmp_path):
+    code = main(["up", "--no-redis", "--port", "0", "--encoder-port", "0", *flags, "--log-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and re.search(message, err) and "Traceback" not in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_up_with_a_busy_metrics_port_exits_2_naming_the_flag(busy_port, capsys, tmp_path):
+    code = main(["up", "--no-redis", "--port", "0", "--metrics-port", str(busy_port), "--log-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"--metrics-port {busy_port}: port {busy_port} on 127.0.0.1 is already in use" in err
+
+
+def test_up_takes_the_metrics_port_from_the_services_environment_variable(monkeypatch):
+    from internvl_serve.cli import build_parser
+
+    monkeypatch.setenv("INTERNVL_METRICS_PORT", "9300")
+    assert build_parser().parse_args(["up"]).metrics_port == 9300
