@@ -1,6 +1,7 @@
 """Serving benchmark (modelled on vLLM's benchmark_serving): our gRPC stack against vLLM's CPU build (its
 OpenAI server) and transformers behind a static-batching loop, on the same checkpoint, cores and requests,
-in the same run.
+in the same run. Ours is also driven through its own OpenAI-compatible API (--http-port) by the very client
+that drives vLLM, all at once, so the two servers are compared through one protocol too.
 
 Workload (serving_workload.py): image chats over a pool of repeating images, second turns about an earlier
 image, text-only chats; outputs of 16-256 tokens with ignore_eos. Scenarios: all requests at once, then
@@ -52,7 +53,9 @@ def workload(args, rate: float, seed: int):
     return make_requests(args.requests, rate, seed), pngs
 
 
-def run_ours(args, model: str, work: Path, prefix_caching: bool, only_all_at_once: bool) -> dict[str, dict]:
+def run_ours(
+    args, model: str, work: Path, prefix_caching: bool, only_all_at_once: bool, via_http: bool = False
+) -> dict[str, dict]:
     encoder_threads, decoder_threads = args.encoder_threads, args.decoder_threads
     redis = RedisProcess()
     encoder = ServiceProcess(
@@ -62,6 +65,8 @@ def run_ours(args, model: str, work: Path, prefix_caching: bool, only_all_at_onc
     )
     decoder_args = ["--model", model, "--encoder", encoder.address, "--num-threads", str(decoder_threads)]
     decoder_args += ["--max-num-seqs", str(args.requests)] + ([] if prefix_caching else ["--no-prefix-caching"])
+    http_port = any_free_port("127.0.0.1")
+    decoder_args += ["--http-port", str(http_port)] if via_http else []
     decoder = ServiceProcess("decoder", decoder_args, log_path=work / "decoder.log")
     results = {}
     try:
@@ -71,8 +76,12 @@ def run_ours(args, model: str, work: Path, prefix_caching: bool, only_all_at_onc
             stub = pb_grpc.GenerationServiceStub(channel)
             for name, rate, seed in scenarios(args)[: 1 if only_all_at_once else None]:
                 requests, pngs = workload(args, rate, seed)
-                results[name] = summarise(run_open_loop(requests, grpc_sender(stub, pngs)))
-                print(f"  ours{'' if prefix_caching else ' (no prefix caching)'} {name}: {_brief(results[name])}")
+                send = grpc_sender(stub, pngs)
+                if via_http:
+                    send = openai_sender(f"http://127.0.0.1:{http_port}", Path(model).name, pngs)
+                results[name] = summarise(run_open_loop(requests, send))
+                label = " (OpenAI HTTP)" if via_http else "" if prefix_caching else " (no prefix caching)"
+                print(f"  ours{label} {name}: {_brief(results[name])}")
     finally:
         decoder.stop()
         encoder.stop()
@@ -143,6 +152,7 @@ def main() -> int:
     if "ours" in systems:
         runs["internvl-serve (gRPC)"] = run_ours(args, model, work, True, False)
         runs["internvl-serve, prefix caching off"] = run_ours(args, model, work, False, True)
+        runs["internvl-serve (OpenAI HTTP)"] = run_ours(args, model, work, True, True, via_http=True)
     if "vllm" in systems:
         runs[f"vLLM {vllm_cpu.VERSION} CPU (OpenAI server)"] = run_vllm(args, model, work, True, False)
         runs["vLLM, prefix caching off"] = run_vllm(args, model, work, False, True)

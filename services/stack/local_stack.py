@@ -64,6 +64,7 @@ class StackConfig:
     log_dir: Path
     decoder_metrics_port: int | None = None  # Prometheus /metrics (None: not served)
     encoder_metrics_port: int | None = None
+    http_port: int | None = None  # the decoder's OpenAI-compatible API (None: not served)
     redis_maxmemory: str = "1gb"
     device: str | None = None  # None: the services' own default (INTERNVL_DEVICE, else auto)
     dtype: str | None = None
@@ -90,6 +91,11 @@ class StackConfig:
         """{"decoder": "http://HOST:PORT/metrics", "encoder": ...} of the services serving /metrics."""
         ports = {"decoder": self.decoder_metrics_port, "encoder": self.encoder_metrics_port}
         return {name: f"http://{self.address(port)}/metrics" for name, port in ports.items() if port is not None}
+
+    @property
+    def http_url(self) -> str | None:
+        """The OpenAI-compatible API's base URL (…/v1), or None."""
+        return None if self.http_port is None else f"http://{self.address(self.http_port)}/v1"
 
     @property
     def redis_url(self) -> str | None:
@@ -125,6 +131,7 @@ class LocalStack:
         self._spawn("encoder", c.encoder_port, [*encoder, *cache, *common])
         decoder = ["--model", c.model_dir, "--host", c.host, "--num-threads", str(c.decoder_threads)]
         decoder += _metrics_flag(c.decoder_metrics_port)
+        decoder += [] if c.http_port is None else ["--http-port", str(c.http_port)]
         self._spawn("decoder", c.decoder_port, [*decoder, "--encoder", c.encoder_address, *cache, *common])
         self._wait_all_healthy(should_stop)
 

@@ -31,6 +31,7 @@ from internvl_serve.stack.progress import Progress
 
 # The services' own defaults (their config dataclasses hold them); redis's is its standard port.
 DEFAULT_DECODER_PORT = field_default(DecoderConfig, "port")
+DEFAULT_HTTP_PORT = 8000  # the OpenAI-compatible API (the decoder's own default is off)
 DEFAULT_ENCODER_PORT = field_default(EncoderConfig, "port")
 DEFAULT_REDIS_PORT = 6379
 DEFAULT_HOST = field_default(DecoderConfig, "host")
@@ -100,6 +101,16 @@ def add_up(sub: argparse._SubParsersAction) -> None:
         help=f"redis memory cap; the least recently used embeddings are evicted past it (default {max_memory})",
     )
     p.add_argument("--no-redis", action="store_true", help="run without redis-server (no embedding cache)")
+    http_env = field_env(DecoderConfig, "http_port")
+    p.add_argument(
+        "--http-port",
+        type=int,
+        default=os.environ.get(http_env),
+        metavar="N",
+        help=f"the decoder's OpenAI-compatible HTTP API (docs/openai.md; default ${http_env}, else "
+        f"{DEFAULT_HTTP_PORT}, or a free port when that is busy)",
+    )
+    p.add_argument("--no-http", action="store_true", help="do not serve the OpenAI-compatible HTTP API")
     metrics_env = field_env(DecoderConfig, "metrics_port")
     p.add_argument(
         "--metrics-port",
@@ -196,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
         encoder_port=ports["encoder"],
         redis_port=ports.get("redis"),
         decoder_metrics_port=ports.get("decoder metrics"),
+        http_port=ports.get("http"),
         encoder_metrics_port=ports.get("encoder metrics"),
         log_dir=args.log_dir or serve_home() / "logs",
         redis_maxmemory=args.redis_maxmemory,
@@ -216,6 +228,10 @@ def _choose_ports(args: argparse.Namespace, progress: Progress) -> dict[str, int
     ]
     if not args.no_redis:
         wanted.append(("redis", args.redis_port, DEFAULT_REDIS_PORT, "--redis-port"))
+    if not args.no_http:
+        wanted.append(
+            ("http", None if args.http_port is None else int(args.http_port), DEFAULT_HTTP_PORT, "--http-port")
+        )
     wanted += metrics_ports_wanted(args.metrics_port, args.encoder_metrics_port)
     # Explicit ports first, so a default never takes a port the user named for another service.
     wanted.sort(key=lambda w: w[1] is None)
@@ -321,6 +337,7 @@ def _write_ready_file(path: Path, config: StackConfig, stack: LocalStack, tiny: 
         "encoder": config.encoder_address,
         "redis_url": config.redis_url,
         "metrics": config.metrics_urls,
+        "http": config.http_url,
         "model": config.model_dir,
         "tiny_model": tiny,
         "log_dir": str(config.log_dir),
@@ -346,6 +363,7 @@ def _print_ready(config: StackConfig, stack: LocalStack, tiny: bool, progress: P
     rows = [
         ("decoder (GenerationService)", target),
         ("encoder (VisionEncoderService)", config.encoder_address),
+        ("OpenAI-compatible HTTP API", config.http_url or "off (--no-http)"),
         ("redis (embedding cache)", config.redis_url or "off (--no-redis)"),
         *((f"{name} metrics (Prometheus)", url) for name, url in config.metrics_urls.items()),
         ("model", config.model_dir),
@@ -364,6 +382,10 @@ def _print_ready(config: StackConfig, stack: LocalStack, tiny: bool, progress: P
     progress.raw('      chat = [{"role": "user", "content": [{"type": "image", "path": "cat.jpg"},')
     progress.raw(f'                                           {{"type": "text", "text": "{DEMO_PROMPT}"}}]}}]')
     progress.raw("      print(client.generate(chat, max_new_tokens=64).text)")
+    if config.http_url:
+        progress.raw("or with any OpenAI client (docs/openai.md):")
+        body = '{"messages": [{"role": "user", "content": "Write a haiku"}], "max_tokens": 32}'
+        progress.raw(f"  curl -s {config.http_url}/chat/completions -H 'content-type: application/json' -d '{body}'")
     if tiny:
         progress.raw("(the tiny checkpoint answers with random text: it checks the plumbing, not the model)")
     progress.raw("\nServing. Press Ctrl-C to stop.\n")

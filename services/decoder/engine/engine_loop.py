@@ -118,9 +118,15 @@ class Engine:
         """Cheap checks to run before encoding media (InvalidArgument / ResourceExhausted); returns the
         number of media parts the chat needs embeddings for."""
         sampling.validate()
-        if sampling.grammar is not None:
-            self.structured.compile(sampling.grammar)  # a bad schema or regex fails here, before any work
         return self.runtime.prompt_builder.check(messages)
+
+    async def validate(self, messages: list[dict], sampling: SamplingParams) -> int:
+        """check(), and a constrained request's grammar compiled (off the loop: a big schema over a real
+        vocabulary takes a while; the compiler caches it for the request itself)."""
+        num_media = self.check(messages, sampling)
+        if sampling.grammar is not None:
+            await asyncio.to_thread(self.structured.compile, sampling.grammar)  # a bad one fails here
+        return num_media
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
         """Deltas of the reply; the last one carries finish_reason and usage. Raises InvalidArgument,
@@ -178,7 +184,7 @@ class Engine:
     async def _submit(self, request: GenerationRequest) -> RequestStream:
         if self._closing:
             raise Unavailable("the decoder is shutting down; retry on another replica")
-        self.check(request.messages, request.sampling)
+        await self.validate(request.messages, request.sampling)
         prompt = await asyncio.get_running_loop().run_in_executor(self._prompt_executor, self._build_prompt, request)
         if self._closing:  # closed while the prompt was being built
             raise Unavailable("the decoder is shutting down; retry on another replica")

@@ -180,6 +180,7 @@ def _sampling_proto(body: dict, logprobs: bool, top_logprobs: int) -> pb.Samplin
         repetition_penalty=_field(body, "repetition_penalty", (int, float), 0.0),
         json_schema=_response_format(body),
         regex=_field(body, "regex", str, ""),  # an extra, as vLLM's structured_outputs.regex
+        ignore_eos=_field(body, "ignore_eos", bool, False),  # vLLM's extra (benchmarks)
         logprobs=logprobs,
         top_logprobs=top_logprobs,
     )

@@ -151,7 +151,7 @@ class GenerationServicer(pb_grpc.GenerationServiceServicer):
         span.set_attribute("internvl.tenant", tenant)
         sampling = sampling_from_proto(request.sampling)
         chat_trace.request(span, request_id, sampling, engine.config.default_max_new_tokens, chat, len(media))
-        engine.check(chat, sampling)  # cheap checks before any media is encoded
+        await engine.validate(chat, sampling)  # before any media is encoded
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
         embeddings = await self._encode(media, deadline, tenant)

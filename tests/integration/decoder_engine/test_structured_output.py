@@ -112,7 +112,7 @@ def test_stream_concatenates_to_the_unary_reply_and_prefix_cache_still_hits(run_
 def test_bad_constraints_are_refused_before_any_work(sampling, message, run_engine, chats):
     async def test(engine):
         with pytest.raises(InvalidArgument, match=re.escape(message)):
-            engine.check(chats["text only"], SamplingParams(**sampling))
+            await engine.validate(chats["text only"], SamplingParams(**sampling))
         assert engine.stats().num_steps == 0
 
     run_engine(test)

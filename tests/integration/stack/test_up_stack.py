@@ -87,6 +87,15 @@ def _scrape(url: str) -> dict[str, float]:
     return totals
 
 
+def _openai_chat(base_url: str) -> dict:
+    import urllib.request
+
+    body = json.dumps({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}).encode()
+    request = urllib.request.Request(f"{base_url}/chat/completions", body, {"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as reply:
+        return json.load(reply)
+
+
 def test_up_serves_an_image_chat_and_stops_everything_on_sigint(tiny_model_dir, media_dir, tmp_path):
     from internvl_serve.clients import InternVLClient
 
@@ -101,6 +110,8 @@ def test_up_serves_an_image_chat_and_stops_everything_on_sigint(tiny_model_dir, 
         "--redis-port",
         "0",
         "--metrics-port",
+        "0",
+        "--http-port",
         "0",
         "--log-dir",
         str(tmp_path / "logs"),
@@ -130,6 +141,7 @@ def test_up_serves_an_image_chat_and_stops_everything_on_sigint(tiny_model_dir, 
         decoder_metrics, encoder_metrics = (_scrape(info["metrics"][n]) for n in ("decoder", "encoder"))
         assert decoder_metrics["gen_ai_server_time_to_first_token_seconds_count"] == 2
         assert encoder_metrics["internvl_encoder_media_total"] == 2
+        assert _openai_chat(info["http"])["choices"][0]["finish_reason"] in ("stop", "length")  # the HTTP API
         redis_port = int(info["redis_url"].rsplit(":", 1)[1].split("/")[0])
         everything = _descendants(proc.pid)  # redis, encoder, decoder and the encoder's video workers
         assert set(info["pids"].values()) - {proc.pid} <= everything and len(everything) > 3

@@ -129,7 +129,10 @@ def test_encoders_are_replicated_and_the_decoder_points_at_them(services):
     assert "ports" not in encoder  # replicas cannot share a host port
     host, port = flag(decoder["command"], "--encoder").split(":")
     assert host == "encoder" and port == flag(encoder["command"], "--port")
-    assert decoder["ports"] == [f"50052:{flag(decoder['command'], '--port')}"]
+    assert decoder["ports"] == [
+        f"50052:{flag(decoder['command'], '--port')}",
+        f"8000:{flag(decoder['command'], '--http-port')}",  # the OpenAI-compatible API
+    ]
     for name in ("encoder", "decoder"):
         assert flag(services[name]["command"], "--redis-url") == "redis://redis:6379/0"
 
