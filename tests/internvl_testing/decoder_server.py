@@ -35,3 +35,13 @@ def generation_stub(address: str):
 
     channel = grpc.insecure_channel(address)
     return channel, pb_grpc.GenerationServiceStub(channel)
+
+
+def assert_kv_blocks_free(engine, timeout_s: float = 5.0) -> None:
+    """Every KV block is back in the pool (cancelled calls release theirs a moment after they end)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while engine.num_free_blocks != engine.num_total_blocks and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert engine.num_free_blocks == engine.num_total_blocks, "KV blocks leaked"

@@ -62,3 +62,26 @@ class ServerThread:
             self.call(lambda: self.server.stop(grace_s))
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=30)
+
+
+def fake_service_config(**overrides):
+    """The settings ServiceServer reads, for a service with no model (lifecycle tests)."""
+    from types import SimpleNamespace
+
+    from internvl_serve.common.telemetry import TelemetrySettings
+    from internvl_serve.common.tls import ServerTls
+
+    settings = dict(
+        host="127.0.0.1",
+        port=0,
+        grace_s=0.1,
+        drain_notice_s=0.0,
+        max_receive_bytes=1 << 20,
+        max_send_bytes=1 << 20,
+        max_in_flight=8,
+        tls=ServerTls(),
+        auth_tokens_file=None,
+        metrics_port=None,
+        telemetry=TelemetrySettings.off("internvl-fake"),
+    )
+    return SimpleNamespace(**(settings | overrides))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from internvl_testing.decoder_server import decoder_config, generation_stub, start_decoder
+from internvl_testing.decoder_server import assert_kv_blocks_free, decoder_config, generation_stub, start_decoder
 from internvl_testing.encoder_server import encoder_config, start_encoder
 from internvl_testing.redis_server import RedisServer
 
@@ -30,11 +30,6 @@ def gen_stub(stack):
 @pytest.fixture
 def engine(stack):
     """The decoder's engine; after each test its block pool must be back to full (nothing leaks)."""
-    import time
-
     engine = stack["decoder"].server.engine
     yield engine
-    deadline = time.monotonic() + 5
-    while engine.num_free_blocks != engine.num_total_blocks and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert engine.num_free_blocks == engine.num_total_blocks, "KV blocks leaked"
+    assert_kv_blocks_free(engine)

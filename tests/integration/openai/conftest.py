@@ -3,11 +3,9 @@ on real ports, the official `openai` client, and chats with their media as data:
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
-from internvl_testing.decoder_server import decoder_config, generation_stub, start_decoder
+from internvl_testing.decoder_server import assert_kv_blocks_free, decoder_config, generation_stub, start_decoder
 from internvl_testing.encoder_server import encoder_config, start_encoder
 from internvl_testing.redis_server import RedisServer
 
@@ -53,7 +51,4 @@ def engine(openai_stack):
     """The decoder's engine; after each test its block pool must be back to full (nothing leaks)."""
     engine = openai_stack["decoder"].server.engine
     yield engine
-    deadline = time.monotonic() + 5
-    while engine.num_free_blocks != engine.num_total_blocks and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert engine.num_free_blocks == engine.num_total_blocks, "KV blocks leaked"
+    assert_kv_blocks_free(engine)

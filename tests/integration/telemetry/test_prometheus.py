@@ -7,32 +7,20 @@ from __future__ import annotations
 
 import json
 import re
-import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from internvl_testing.decoder_server import decoder_config, start_decoder
 from internvl_testing.encoder_server import encoder_config, start_encoder
 from internvl_testing.media import noise_image
+from internvl_testing.prometheus_scrape import scrape
 from internvl_testing.redis_server import RedisServer
 
 DASHBOARD = Path(__file__).resolve().parents[3] / "deploy" / "grafana" / "internvl-serve-dashboard.json"
 NUM_KV_BLOCKS = 64
 GENERATE = "internvl.v1.GenerationService/Generate"
-
-
-def scrape(port: int) -> dict[str, list]:
-    """{sample name: [Sample(name, labels, value, ...)]} of http://127.0.0.1:PORT/metrics."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
-        text = reply.read().decode()
-    samples: dict[str, list] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples.setdefault(sample.name, []).append(sample)
-    return samples
 
 
 def total(samples: dict[str, list], name: str, **labels: str) -> float:

@@ -47,7 +47,12 @@ def test_the_script_runs_against_our_stack_and_transformers(tiny_model_dir, tmp_
     result = subprocess.run([*argv, "--no-docs"], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     runs = json.loads((tmp_path / "serving.json").read_text())["runs"]
-    assert set(runs) == {"internvl-serve (gRPC)", "internvl-serve, prefix caching off", "transformers, static batching"}
+    assert set(runs) == {
+        "internvl-serve (gRPC)",
+        "internvl-serve, prefix caching off",
+        "internvl-serve (OpenAI HTTP)",  # the same client that drives vLLM
+        "transformers, static batching",
+    }
     for by_scenario in runs.values():
         for figures in by_scenario.values():
             assert figures["failed"] == 0 and figures["output_tokens"] > 0

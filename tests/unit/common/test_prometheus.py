@@ -9,32 +9,19 @@ import logging
 import socket
 import urllib.error
 import urllib.request
-from types import SimpleNamespace
 
 import prometheus_client
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from internvl_serve.cli import main
 from internvl_serve.common.errors import StartupError
 from internvl_serve.common.prometheus import MetricsServer
 from internvl_serve.common.service_lifecycle import ServiceServer
 from internvl_serve.common.telemetry import TelemetrySettings, setup_telemetry
-from internvl_serve.common.tls import ServerTls
 from internvl_serve.decoder.config import DecoderConfig
 from internvl_serve.encoder.config import EncoderConfig
-
-
-def _scrape(port: int) -> dict[str, list]:
-    """{sample name: [samples]} of http://127.0.0.1:PORT/metrics."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
-        assert reply.status == 200 and reply.headers["Content-Type"].startswith("text/plain")
-        text = reply.read().decode()
-    samples: dict[str, list] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples.setdefault(sample.name, []).append(sample)
-    return samples
+from internvl_testing.prometheus_scrape import scrape
+from internvl_testing.servers import fake_service_config
 
 
 def _telemetry(name: str, **kwargs):
@@ -65,28 +52,16 @@ def test_metrics_server_serves_its_registry_until_stopped():
     server = MetricsServer(registry, "127.0.0.1", 0)
     server.start()
     try:
-        assert _scrape(server.port)["things_total"][0].value == 2
+        assert scrape(server.port)["things_total"][0].value == 2
     finally:
         server.stop()
     server.stop()  # idempotent
     with pytest.raises(urllib.error.URLError):
-        _scrape(server.port)
+        scrape(server.port)
 
 
 def _config(metrics_port):
-    return SimpleNamespace(
-        host="127.0.0.1",
-        port=0,
-        grace_s=0.1,
-        drain_notice_s=0.0,
-        max_receive_bytes=1 << 20,
-        max_send_bytes=1 << 20,
-        max_in_flight=8,
-        tls=ServerTls(),
-        auth_tokens_file=None,
-        metrics_port=metrics_port,
-        telemetry=TelemetrySettings.off("internvl-fake"),
-    )
+    return fake_service_config(metrics_port=metrics_port)
 
 
 class FakeServer(ServiceServer):
@@ -101,7 +76,7 @@ def test_a_service_serves_metrics_on_a_free_port_from_start_to_stop_and_logs_it(
         server = FakeServer(_config(0), ["fake.v1.FakeService"])
         assert server.metrics_port not in (None, 0)
         await server.start()
-        samples = await asyncio.to_thread(_scrape, server.metrics_port)
+        samples = await asyncio.to_thread(scrape, server.metrics_port)
         await server.stop()
         return server, samples
 
@@ -112,7 +87,7 @@ def test_a_service_serves_metrics_on_a_free_port_from_start_to_stop_and_logs_it(
     serving = next(r for r in caplog.records if r.getMessage() == "fake_serving")
     assert serving.fields["metrics_port"] == server.metrics_port and serving.fields["port"] == server.port
     with pytest.raises(urllib.error.URLError):  # closed on stop
-        _scrape(server.metrics_port)
+        scrape(server.metrics_port)
 
 
 def _build(*args):

@@ -5,28 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from types import SimpleNamespace
 
 import pytest
 
 from internvl_serve.common import service_lifecycle
 from internvl_serve.common.service_lifecycle import ServiceServer
-from internvl_serve.common.telemetry import Telemetry, TelemetrySettings
-from internvl_serve.common.tls import ServerTls
+from internvl_serve.common.telemetry import Telemetry
+from internvl_testing.servers import fake_service_config
 
-CONFIG = SimpleNamespace(
-    host="127.0.0.1",
-    port=0,
-    grace_s=0.1,
-    drain_notice_s=0.0,
-    max_receive_bytes=1 << 20,
-    max_send_bytes=1 << 20,
-    max_in_flight=8,
-    tls=ServerTls(),
-    auth_tokens_file=None,
-    metrics_port=None,
-    telemetry=TelemetrySettings.off("fake"),
-)
+CONFIG = fake_service_config()
 
 
 class RecordingTelemetry(Telemetry):
