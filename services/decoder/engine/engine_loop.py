@@ -125,7 +125,7 @@ class Engine:
         vocabulary takes a while; the compiler caches it for the request itself)."""
         num_media = self.check(messages, sampling)
         if sampling.grammar is not None:
-            await asyncio.to_thread(self.structured.compile, sampling.grammar)  # a bad one fails here
+            await asyncio.to_thread(self.structured.grammar, sampling.grammar)  # a bad one fails here
         return num_media
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:

@@ -1,10 +1,13 @@
-"""Structured output: JSON-schema and regex constrained decoding with xgrammar.
+"""Structured output: JSON-schema and regex constrained decoding with llguidance.
 
-Each constrained sequence owns a GrammarMatcher. Before sampling, its matcher fills one row of a token
-bitmask and the disallowed logits become -inf (batched: one bitmask for the step's constrained rows);
-after sampling, the chosen token is accepted, which advances the matcher. Once the grammar is complete the
-only allowed tokens are the checkpoint's end-of-sequence ids, so the scheduler's ordinary eos stop ends the
-reply. Compiled grammars are cached by xgrammar's compiler (same schema, same compiled grammar).
+Each constrained sequence owns an LLMatcher. Before sampling, the step's constrained rows get one token
+bitmask (computed in parallel by llguidance's executor) and their disallowed logits become -inf; after
+sampling, each matcher consumes its row's token. Once the document is complete the only allowed tokens
+are the checkpoint's end-of-sequence ids, so the scheduler's ordinary eos stop ends the reply.
+
+llguidance rather than xgrammar: xgrammar 0.2.9 lowers a string with maxLength/minLength to a character
+class that admits raw control characters (invalid JSON: mlc-ai/xgrammar#800, open), and bounded strings
+are exactly what a schema needs to keep a weak model's reply finite.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ import torch
 
 from internvl_serve.common.errors import InvalidArgument
 
-# Compact JSON: a random or weak model must not be able to wander off into endless whitespace.
-_JSON_SEPARATORS = (",", ":")
+# Compact JSON (no whitespace between tokens): a weak model must not wander off into endless whitespace.
+_JSON_DEFAULTS = {"whitespace_flexible": False}
+_BITS = torch.arange(32, dtype=torch.int32)
 
 
 @dataclass(frozen=True)
@@ -29,51 +33,70 @@ class GrammarSpec:
 
 
 class StructuredOutput:
-    """The tokenizer's vocabulary as xgrammar sees it, and a compiler (thread-safe, with a cache)."""
+    """The tokenizer as llguidance sees it, grammar checks, matchers and the batched mask."""
 
     def __init__(self, tokenizer, vocab_size: int, stop_token_ids: frozenset[int]):
-        import xgrammar as xgr
+        import llguidance
+        import llguidance.hf
 
-        self._xgr = xgr
+        self._ll = llguidance
         self.vocab_size = vocab_size
-        self.stop_token_ids = sorted(stop_token_ids)
-        info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=self.stop_token_ids)
-        self._compiler = xgr.GrammarCompiler(info, max_threads=2)
+        self._tokenizer = llguidance.hf.from_tokenizer(
+            tokenizer, n_vocab=vocab_size, eos_token=sorted(stop_token_ids) or None
+        )
+        self._executor = llguidance.LLExecutor(num_threads=2)
 
-    def compile(self, spec: GrammarSpec):
-        """The compiled grammar, or InvalidArgument naming the field and xgrammar's reason."""
+    def grammar(self, spec: GrammarSpec) -> str:
+        """The checked grammar, or InvalidArgument naming the field and llguidance's reason."""
+        ll = self._ll.LLMatcher
         try:
             if spec.kind == "json_schema":
-                return self._compiler.compile_json_schema(
-                    spec.source, any_whitespace=False, separators=_JSON_SEPARATORS, strict_mode=True
-                )
-            if spec.kind == "regex":
-                return self._compiler.compile_regex(spec.source)
-        except (RuntimeError, ValueError) as exc:
-            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-            reason = reason.split(": ", 1)[-1] if reason.startswith("[") else reason  # drop xgrammar's C++ location
-            raise InvalidArgument(f"sampling.{spec.kind} cannot be used: {reason}") from None
-        raise ValueError(f"unknown grammar kind {spec.kind!r}")
+                grammar = ll.grammar_from_json_schema(spec.source, defaults=_JSON_DEFAULTS)
+            elif spec.kind == "regex":
+                grammar = ll.grammar_from_regex(spec.source)
+            else:
+                raise ValueError(f"unknown grammar kind {spec.kind!r}")
+            error = ll.validate_grammar(grammar, self._tokenizer)
+        except (RuntimeError, ValueError, TypeError) as exc:
+            error = str(exc)
+        if error:
+            raise InvalidArgument(f"sampling.{spec.kind} cannot be used: {_first_lines(error)}")
+        return grammar
 
     def matcher(self, spec: GrammarSpec):
-        return self._xgr.GrammarMatcher(self.compile(spec), override_stop_tokens=self.stop_token_ids)
+        matcher = self._ll.LLMatcher(self._tokenizer, self.grammar(spec))
+        if matcher.is_error():
+            raise InvalidArgument(f"sampling.{spec.kind} cannot be used: {_first_lines(matcher.get_error())}")
+        return matcher
 
     def apply(self, logits: torch.Tensor, rows: list[int], matchers: list) -> None:
         """Mask logits[rows[i]] in place to what matchers[i] allows next."""
         if not rows:
             return
-        bitmask = self._xgr.allocate_token_bitmask(len(rows), self.vocab_size)
-        for i, matcher in enumerate(matchers):
-            matcher.fill_next_token_bitmask(bitmask, i)
-        view = logits[rows]
-        self._xgr.apply_token_bitmask_inplace(view, bitmask.to(logits.device), vocab_size=self.vocab_size)
-        logits[rows] = view
+        words = (self.vocab_size + 31) // 32
+        bitmask = torch.full((len(rows), words), -1, dtype=torch.int32)
+        self._executor.unsafe_compute_mask_ptr(
+            [(m, i) for i, m in enumerate(matchers)], bitmask.data_ptr(), words * 4, len(rows)
+        )
+        allowed = ((bitmask.unsqueeze(-1) >> _BITS) & 1).view(len(rows), -1)[:, : self.vocab_size].bool()
+        index = torch.tensor(rows, device=logits.device)
+        vocab = min(logits.shape[-1], self.vocab_size)
+        view = logits[index, :vocab]
+        view.masked_fill_(~allowed[:, :vocab].to(logits.device), float("-inf"))
+        logits[index, :vocab] = view
+        if logits.shape[-1] > self.vocab_size:  # padded vocabulary rows never hold a real token
+            logits[index, self.vocab_size :] = float("-inf")
 
 
 def accept(matcher, token: int) -> None:
     """Advance a matcher by the token sampled under its mask (refusal would be a masking bug)."""
-    if not matcher.accept_token(token):
+    if not matcher.consume_token(token):
         raise RuntimeError(f"the grammar refused token {token} that was sampled under its own mask")
+
+
+def _first_lines(text: str, limit: int = 3) -> str:
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    return " ".join(lines[:limit])[:400]
 
 
 def grammar_spec(json_schema: str, regex: str) -> GrammarSpec | None:

@@ -19,11 +19,12 @@ SCHEMA = {
     "type": "object",
     "properties": {
         "animal": {"enum": ["cat", "dog", "panda"]},
+        "name": {"type": "string", "maxLength": 20},  # bounded strings: where xgrammar 0.2.9 let control chars in
         "count": {"type": "integer", "minimum": 0, "maximum": 99},
         "tags": {"type": "array", "items": {"type": "string", "maxLength": 6}, "maxItems": 3},
         "cute": {"type": "boolean"},
     },
-    "required": ["animal", "count", "tags", "cute"],
+    "required": ["animal", "name", "count", "tags", "cute"],
     "additionalProperties": False,
 }
 MAX_NEW = 120
@@ -49,7 +50,7 @@ def test_sampled_replies_validate(run_engine, request_for):
         return await asyncio.gather(
             *(
                 engine.generate_full(constrained(request_for, "text only", temperature=1.5, seed=seed))
-                for seed in range(6)
+                for seed in range(12)
             )
         )
 
