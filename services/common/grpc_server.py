@@ -124,10 +124,24 @@ def install_stop_signals(stop: asyncio.Event) -> None:
             pass
 
 
-async def serve_until_signal(server) -> None:
-    """Start `server` (an EncoderServer or DecoderServer), wait for SIGTERM/SIGINT, then stop it gracefully."""
+FAILED_STOP_S = 5.0  # a failed service's stop gets this long (its steps may be stuck on a dead peer)
+
+
+async def serve_until_signal(server) -> int:
+    """Start `server` (an EncoderServer or DecoderServer), wait for SIGTERM/SIGINT, then stop it gracefully:
+    0. Or until the server fails (ServiceServer.fail): then a bounded stop, and 1."""
     stop = asyncio.Event()
     install_stop_signals(stop)
     await server.start()
-    await stop.wait()
-    await server.stop()
+    waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(server.failed.wait())]
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    for wait in waits:
+        wait.cancel()
+    if server.failure is None:
+        await server.stop()
+        return 0
+    try:
+        await asyncio.wait_for(server.stop(0.0), FAILED_STOP_S)
+    except Exception:  # noqa: BLE001 - the process exits 1 either way; the failure is logged already
+        logging.getLogger("internvl_serve").exception("stopping the failed service did not finish cleanly")
+    return 1

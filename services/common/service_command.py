@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -59,7 +61,10 @@ def _run(
             server = server_cls(config)  # built inside the loop: grpc.aio binds to it
         except StartupError as exc:  # a TLS or tokens file it cannot use, an address that does not resolve
             parser.error(str(exc))
-        await serve_until_signal(server)
+        if code := await serve_until_signal(server):
+            # Failed (ServiceServer.fail): exit now; a thread stuck on a dead peer must not hold the exit up.
+            logging.shutdown()
+            os._exit(code)
 
     asyncio.run(serve())
     return 0

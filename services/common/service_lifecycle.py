@@ -40,6 +40,8 @@ class ServiceServer:
         must have been set up with `prometheus=True` when `config.metrics_port` is set."""
         self.config = config
         self.draining = asyncio.Event()
+        self.failed = asyncio.Event()  # set by fail(): serve_until_signal then stops the service, exit 1
+        self.failure: str | None = None
         self.serving = False  # answered SERVING (a stop then gives clients the drain notice)
         self._owns_telemetry = telemetry is None
         prometheus = config.metrics_port is not None
@@ -123,6 +125,16 @@ class ServiceServer:
                 await self._stop_metrics()
                 await self._shutdown_telemetry()
                 log_event(self.log, f"{self.kind}_stopped", port=self.port)
+
+    def fail(self, reason: str) -> None:
+        """A fault the service cannot recover from (a tensor-parallel rank died): health says NOT_SERVING at
+        once, and the command stops the service and exits non-zero instead of serving a broken model."""
+        if self.failure is not None:
+            return
+        self.failure = reason
+        log_event(self.log, f"{self.kind}_failed", logging.ERROR, reason=reason)
+        asyncio.get_running_loop().create_task(self.health.set(False))
+        self.failed.set()
 
     async def _stop_metrics(self) -> None:
         if self.metrics_server is not None:

@@ -80,6 +80,13 @@ class DecoderConfig:
     dtype: str = dtype_setting()
     num_threads: int = num_threads_setting()
     quant: QuantSettings = nested(QuantSettings)
+    tensor_parallel_size: int = setting(
+        1,
+        "split the language model over N ranks (processes the decoder starts: N GPUs from --device, or the "
+        "CPU with gloo); the vision encoders stay data-parallel replicas",
+        env="INTERNVL_TENSOR_PARALLEL_SIZE",
+    )
+    tp_timeout_s: float = setting(300.0, "tensor parallel: longest one collective waits for a peer rank")
     block_size: int = setting(16, "tokens per KV-cache block")
     num_kv_blocks: int | None = setting(None, "exact number of KV blocks (overrides --kv-cache-mb)", parse=int)
     kv_cache_bytes: int | None = setting(
@@ -156,6 +163,10 @@ class DecoderConfig:
             problems.append(f"--kv-cache-mb must be > 0, got {self.kv_cache_bytes / MiB:g}")
         if not 0.0 < self.gpu_memory_fraction <= 1.0:
             problems.append(f"--gpu-memory-fraction must be in (0, 1], got {self.gpu_memory_fraction}")
+        if self.tensor_parallel_size < 1:
+            problems.append(f"--tensor-parallel-size must be >= 1, got {self.tensor_parallel_size}")
+        if self.tp_timeout_s <= 0:
+            problems.append(f"--tp-timeout-s must be > 0, got {self.tp_timeout_s}")
         if self.max_num_seqs < 1:
             problems.append(f"--max-num-seqs must be >= 1, got {self.max_num_seqs}")
         if self.max_tokens_per_step < self.max_num_seqs:

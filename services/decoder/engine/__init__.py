@@ -5,7 +5,7 @@ What the service layer and the tests use is re-exported here; engine_loop.py has
 """
 
 from internvl_serve.decoder.engine.engine_loop import Engine, EngineStats
-from internvl_serve.decoder.engine.loaded_model import LoadedModel, load_model
+from internvl_serve.decoder.engine.loaded_model import LoadedModel, load_model, tensor_parallel_problems
 from internvl_serve.decoder.engine.media import MediaEmbedding
 from internvl_serve.decoder.engine.request import (
     FinishReason,
@@ -28,4 +28,5 @@ __all__ = [
     "SamplingParams",
     "Usage",
     "load_model",
+    "tensor_parallel_problems",
 ]

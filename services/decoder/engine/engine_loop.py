@@ -62,13 +62,16 @@ class Engine:
         self.runtime = runtime
         self.config = config or runtime.config
         cfg = self.config
-        spec = KVCacheSpec.for_model(runtime.model.config, cfg.block_size, runtime.dtype)
+        model = runtime.model
+        spec = KVCacheSpec.for_model(model.config, cfg.block_size, runtime.dtype, model.num_local_kv_heads)
         useful = cfg.max_num_seqs * -(-runtime.context_len // cfg.block_size)  # more could never be used
-        num_blocks = min(num_kv_blocks(cfg, spec, runtime.device), useful)
+        num_blocks = min(num_kv_blocks(cfg, spec, runtime.device), useful, runtime.tp_max_blocks or useful)
         self.kv_cache = KVCache(spec, num_blocks, runtime.device)
+        if runtime.tp is not None:  # every rank's cache has the same blocks (its own K/V heads)
+            runtime.tp.start_caches(num_blocks)
         self.block_manager = BlockManager(num_blocks, cfg.block_size, cfg.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, cfg.max_num_seqs, cfg.max_tokens_per_step, cfg.max_queue)
-        self.runner = ModelRunner(runtime.model, self.kv_cache, runtime.device)
+        self.runner = ModelRunner(runtime.model, self.kv_cache, runtime.device, tp=runtime.tp)
         vocab_size = runtime.model.config.vocab_size
         self.structured = StructuredOutput(runtime.tokenizer, vocab_size, runtime.eos_token_ids)
         self._token_texts = TokenTexts(runtime.tokenizer)

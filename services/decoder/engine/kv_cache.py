@@ -21,9 +21,13 @@ class KVCacheSpec:
     dtype: torch.dtype
 
     @classmethod
-    def for_model(cls, text_config, block_size: int, dtype: torch.dtype) -> "KVCacheSpec":
+    def for_model(
+        cls, text_config, block_size: int, dtype: torch.dtype, num_kv_heads: int | None = None
+    ) -> "KVCacheSpec":
+        """`num_kv_heads`: this rank's, under tensor parallelism (default: the model's)."""
         head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
-        return cls(text_config.num_hidden_layers, text_config.num_key_value_heads, head_dim, block_size, dtype)
+        kv_heads = num_kv_heads or text_config.num_key_value_heads
+        return cls(text_config.num_hidden_layers, kv_heads, head_dim, block_size, dtype)
 
     @property
     def bytes_per_block(self) -> int:

@@ -6,6 +6,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -13,8 +14,11 @@ from internvl_serve.checkpoint import CheckpointError, open_checkpoint
 from internvl_serve.common.logs import log_event
 from internvl_serve.common.quantization import effective_quant
 from internvl_serve.decoder.config import DecoderConfig
+from internvl_serve.decoder.engine.kv_cache import KVCacheSpec, num_kv_blocks
 from internvl_serve.decoder.engine.prompt import PromptBuilder
 from internvl_serve.decoder.engine.qwen2 import Qwen2ForCausalLM
+from internvl_serve.decoder.engine.tensor_parallel import TPShard, tp_problems
+from internvl_serve.decoder.engine.tp_workers import TPWorkers, init_group, rank_device, rank_threads
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +34,8 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     model_name: str  # as given to --model
+    tp: Any = None  # TPWorkers (ranks 1..N-1) with --tensor-parallel-size N > 1; this process is rank 0
+    tp_max_blocks: int | None = None  # the fewest KV blocks a worker rank can hold
 
     @property
     def hidden_size(self) -> int:
@@ -54,10 +60,59 @@ def eos_token_ids(model_dir: Path, text_config, tokenizer) -> frozenset[int]:
     raise CheckpointError(f"{model_dir}: no eos_token_id in generation_config.json, config.json or the tokenizer")
 
 
+def tensor_parallel_problems(config: DecoderConfig) -> list[str]:
+    """What stops --tensor-parallel-size N for this checkpoint and machine (checked before loading)."""
+    size = config.tensor_parallel_size
+    if size == 1:
+        return []
+    problems = tp_problems(open_checkpoint(config.model).config.get_text_config(), size)
+    if config.quant.enabled:
+        problems.append("--tensor-parallel-size > 1 cannot be combined with --load-in-4bit/--load-in-8bit")
+    device = config.torch_device()
+    if device.type == "cuda" and (device.index or 0) + size > torch.cuda.device_count():
+        problems.append(
+            f"--tensor-parallel-size {size} needs {size} GPUs from {device}, found {torch.cuda.device_count()}"
+        )
+    return problems
+
+
+def load_shard(config: DecoderConfig, shard: TPShard) -> tuple[Qwen2ForCausalLM, KVCacheSpec, int]:
+    """A worker rank's part: its shard of the language model, its KV-cache shape, the blocks it can hold."""
+    ckpt = open_checkpoint(config.model)
+    device, dtype = rank_device(config, shard.rank), config.torch_dtype()
+    quant = effective_quant(config.quant, ckpt.quantization, str(ckpt.path))
+    model = Qwen2ForCausalLM.from_checkpoint(ckpt, dtype=dtype, device=device, quant=quant, shard=shard)
+    spec = KVCacheSpec.for_model(model.config, config.block_size, dtype, model.num_local_kv_heads)
+    return model, spec, num_kv_blocks(config, spec, device)
+
+
 def load_model(config: DecoderConfig) -> LoadedModel:
-    """Open the checkpoint and load only the language model, lm_head and tokenizer."""
+    """Open the checkpoint and load only the language model, lm_head and tokenizer (with N ranks: start
+    the N-1 worker processes, join their group, load rank 0's shard and wait for theirs)."""
     from transformers import AutoTokenizer
 
+    workers, shard = None, TPShard()
+    if config.tensor_parallel_size > 1:
+        workers = TPWorkers(config)
+        try:
+            shard = init_group(config, 0, workers.init_method)
+        except BaseException:
+            workers.close()
+            raise
+        if config.torch_device().type == "cpu":
+            torch.set_num_threads(rank_threads(config))
+    try:
+        runtime = _load(config, shard, AutoTokenizer)
+        if workers is not None:
+            runtime.tp, runtime.tp_max_blocks = workers, workers.wait_loaded()
+        return runtime
+    except BaseException:
+        if workers is not None:
+            workers.close()
+        raise
+
+
+def _load(config: DecoderConfig, shard: TPShard, AutoTokenizer) -> LoadedModel:
     ckpt = open_checkpoint(config.model)
     device, dtype = config.torch_device(), config.torch_dtype()
     text_config = ckpt.config.get_text_config()
@@ -69,7 +124,7 @@ def load_model(config: DecoderConfig) -> LoadedModel:
             "longer contexts would need RoPE scaling this decoder does not implement"
         )
     quant = effective_quant(config.quant, ckpt.quantization, str(ckpt.path))
-    model = Qwen2ForCausalLM.from_checkpoint(ckpt, dtype=dtype, device=device, quant=quant)
+    model = Qwen2ForCausalLM.from_checkpoint(ckpt, dtype=dtype, device=device, quant=quant, shard=shard)
     tokenizer = AutoTokenizer.from_pretrained(str(ckpt.path))  # detokenizing, on the engine's loop
     prompt_tokenizer = AutoTokenizer.from_pretrained(str(ckpt.path))  # prompt building, in its own thread
     runtime = LoadedModel(
@@ -92,7 +147,8 @@ def load_model(config: DecoderConfig) -> LoadedModel:
         hidden=text_config.hidden_size,
         context_len=context_len,
         quantization=quant.describe(),
-        weight_mib=round(weight_bytes(model) / 2**20, 1),
+        tensor_parallel_size=shard.size,
+        weight_mib=round(weight_bytes(model) / 2**20, 1),  # this rank's
     )
     return runtime
 

@@ -41,7 +41,9 @@ def _block_tables(tables: list[list[int]]) -> torch.Tensor:
 
 
 class ModelRunner:
-    def __init__(self, model: Qwen2ForCausalLM, kv_cache: KVCache, device: torch.device):
+    def __init__(self, model: Qwen2ForCausalLM, kv_cache: KVCache, device: torch.device, tp=None):
+        """`tp`: rank 0's TPWorkers; each step goes to them before it runs here (tp_workers.py)."""
+        self.tp = tp
         self.model = model
         self.kv_cache = kv_cache
         self.device = torch.device(device)
@@ -96,6 +98,8 @@ class ModelRunner:
 
     def execute(self, inputs: StepInputs) -> torch.Tensor:
         """Run the model; fp32 logits [len(logits_indices), vocab]."""
+        if self.tp is not None:
+            self.tp.send_step(inputs)
         dev = self.device
 
         def to_dev(t: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,9 @@
 
 Parameter names equal transformers' (under `model.language_model.` and `lm_head.`), so checkpoint tensors
 map one to one. RMSNorm in fp32 then cast; rotate-half RoPE with fp32 cos/sin at absolute positions;
-GQA with q/k/v bias; SwiGLU MLP; attention through the paged-attention kernels (attention.py).
+GQA with q/k/v bias; SwiGLU MLP; attention through the paged-attention kernels (attention.py). With a
+TPShard of size N the layers hold rank r's slices and all-reduce after o_proj and down_proj
+(tensor_parallel.py); size 1 is the plain model.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from internvl_serve.common.layers import RMSNorm
 from internvl_serve.common.quantization import quantize_linears
 from internvl_serve.decoder.engine.attention import AttentionMetadata, paged_attention
 from internvl_serve.decoder.engine.cpu_linear import use_input_major_linears
+from internvl_serve.decoder.engine.tensor_parallel import TPShard, local_heads, shard_state
 
 # RoPE types whose frequencies do not depend on the sequence length up to max_position_embeddings
 # ("dynamic" NTK scaling only changes them beyond it, and longer contexts are refused).
@@ -61,11 +64,13 @@ def _head_dim(config) -> int:
 
 
 class Attention(nn.Module):
-    def __init__(self, config):
+    def __init__(self, config, shard: TPShard):
         super().__init__()
+        self.shard = shard
         self.head_dim = _head_dim(config)
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = config.num_key_value_heads
+        heads = local_heads(config, shard)
+        self.num_heads = heads.num_heads
+        self.num_kv_heads = heads.num_kv_heads
         self.scale = self.head_dim**-0.5
         hidden = config.hidden_size
         self.q_proj = nn.Linear(hidden, self.num_heads * self.head_dim, bias=True)
@@ -82,26 +87,28 @@ class Attention(nn.Module):
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         out = paged_attention(q, k, v, k_cache, v_cache, meta, self.scale)
-        return self.o_proj(out.reshape(n, self.num_heads * self.head_dim))
+        return self.shard.all_reduce(self.o_proj(out.reshape(n, self.num_heads * self.head_dim)))
 
 
 class MLP(nn.Module):
-    def __init__(self, config):
+    def __init__(self, config, shard: TPShard):
         super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.shard = shard
+        inter = config.intermediate_size // shard.size
+        self.gate_proj = nn.Linear(config.hidden_size, inter, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, inter, bias=False)
+        self.down_proj = nn.Linear(inter, config.hidden_size, bias=False)
         self.act_fn = ACT2FN[config.hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+        return self.shard.all_reduce(self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config):
+    def __init__(self, config, shard: TPShard):
         super().__init__()
-        self.self_attn = Attention(config)
-        self.mlp = MLP(config)
+        self.self_attn = Attention(config, shard)
+        self.mlp = MLP(config, shard)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -113,21 +120,23 @@ class DecoderLayer(nn.Module):
 class TextModel(nn.Module):
     """transformers' Qwen2Model: the module under `model.language_model.`."""
 
-    def __init__(self, config):
+    def __init__(self, config, shard: TPShard):
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(DecoderLayer(config, shard) for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
 
 class Qwen2ForCausalLM(nn.Module):
     """Embeddings in, logits of the sampled positions out; the KV cache lives outside (kv_cache.py)."""
 
-    def __init__(self, text_config):
+    def __init__(self, text_config, shard: TPShard | None = None):
         super().__init__()
         _check_supported(text_config)
         self.config = text_config
-        self.language_model = TextModel(text_config)
+        self.shard = shard or TPShard()
+        self.num_local_kv_heads = local_heads(text_config, self.shard).num_kv_heads  # this rank's KV cache
+        self.language_model = TextModel(text_config, self.shard)
         self.lm_head = nn.Linear(text_config.hidden_size, text_config.vocab_size, bias=False)
         self.rotary = RotaryEmbedding(text_config)
 
@@ -157,13 +166,16 @@ class Qwen2ForCausalLM(nn.Module):
 
     @classmethod
     def from_state(
-        cls, config, state: dict[str, torch.Tensor], dtype=torch.float32, device="cpu", quant=None
+        cls, config, state: dict[str, torch.Tensor], dtype=torch.float32, device="cpu", quant=None, shard=None
     ) -> "Qwen2ForCausalLM":
         """`config` is the InternVLConfig; `state` holds canonical names (Checkpoint.load("language")).
-        `quant`: QuantSettings; when enabled, every Linear but lm_head is quantized (as transformers does)."""
+        `quant`: QuantSettings; when enabled, every Linear but lm_head is quantized (as transformers does).
+        `shard`: this rank's TPShard (its slices of `state` are taken here)."""
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config.text_config
+        shard = shard or TPShard()
+        state = shard_state(state, text_config, shard)
         with torch.device("meta"):
-            model = cls(text_config)
+            model = cls(text_config, shard)
         model.to_empty(device=device)
         model.rotary = RotaryEmbedding(text_config).to(device)  # buffers are computed, not loaded
         assign(model.language_model, state, "model.language_model.")
@@ -182,10 +194,12 @@ class Qwen2ForCausalLM(nn.Module):
         return model
 
     @classmethod
-    def from_checkpoint(cls, ckpt: Checkpoint, dtype=torch.float32, device="cpu", quant=None) -> "Qwen2ForCausalLM":
-        """Load only the language model and lm_head tensors of a checkpoint."""
-        state, _ = ckpt.load("language", dtype=dtype, device=device)
-        return cls.from_state(ckpt.config, state, dtype, device, quant)
+    def from_checkpoint(
+        cls, ckpt: Checkpoint, dtype=torch.float32, device="cpu", quant=None, shard=None
+    ) -> "Qwen2ForCausalLM":
+        """Load only the language model and lm_head tensors of a checkpoint (this rank's slices of them)."""
+        state, _ = ckpt.load("language", dtype=dtype, device="cpu" if shard and shard.parallel else device)
+        return cls.from_state(ckpt.config, state, dtype, device, quant, shard)
 
 
 def _check_supported(config) -> None:

@@ -26,7 +26,7 @@ class SamplingRow:
     params: SamplingParams
     generator: torch.Generator | None  # None for greedy
     history: list[int] | None  # prompt + output ids, only when a repetition penalty is set
-    grammar: Any = None  # the sequence's xgrammar GrammarMatcher (structured output), advanced here
+    grammar: Any = None  # the sequence's llguidance LLMatcher (structured output), advanced here
 
 
 @dataclass

@@ -46,7 +46,7 @@ class Sequence:
     first_scheduled_time: float | None = None  # time.monotonic() of its first step (queue time = this - arrival)
     deadline: float | None = None  # time.monotonic() instant
     generator: torch.Generator | None = None  # per-request RNG for sampling (None: greedy)
-    grammar: Any = None  # xgrammar GrammarMatcher of a constrained reply (structured_output.py)
+    grammar: Any = None  # llguidance LLMatcher of a constrained reply (structured_output.py)
     output_ids: list[int] = field(default_factory=list)
     status: SequenceStatus = SequenceStatus.WAITING
     num_computed_tokens: int = 0

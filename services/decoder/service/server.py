@@ -13,7 +13,7 @@ from internvl_serve.common.service_lifecycle import ServiceServer
 from internvl_serve.common.service_settings import MiB, receive_limit
 from internvl_serve.common.telemetry import Telemetry
 from internvl_serve.decoder.config import DecoderConfig
-from internvl_serve.decoder.engine import Engine, load_model
+from internvl_serve.decoder.engine import Engine, load_model, tensor_parallel_problems
 from internvl_serve.decoder.http.app import OpenAIApi
 from internvl_serve.decoder.http.media_fetch import MediaFetcher
 from internvl_serve.decoder.http.server import HttpApiServer
@@ -51,10 +51,13 @@ class DecoderServer(ServiceServer):
     kind = "decoder"
 
     def __init__(self, config: DecoderConfig, telemetry: Telemetry | None = None):
+        if problems := _tensor_parallel_problems(config):  # before anything listens or loads
+            raise StartupError("; ".join(problems))
         super().__init__(config, [SERVICE_NAME], telemetry)
         tracer = self.telemetry.tracer(self.scope)
         self.encoders = encoder_client(config, tracer)
         self.engine: Engine | None = None
+        self.runtime = None  # the LoadedModel (its tensor-parallel workers are closed last)
         metrics = DecoderMetrics(self.telemetry.meter(self.scope), lambda: self.engine)
         self.media_ids = MediaIdLookup(config.cache) if config.cache.url and self.encoders else None
         self.servicer = GenerationServicer(
@@ -86,8 +89,12 @@ class DecoderServer(ServiceServer):
     async def load(self) -> None:
         if self.http is not None:
             await self.http.start()  # /health says 503 until the model is loaded and warm
-        model = await asyncio.get_running_loop().run_in_executor(None, load_model, self.config)
+        loop = asyncio.get_running_loop()
+        model = await loop.run_in_executor(None, load_model, self.config)
+        self.runtime = model
         self.engine = Engine(model, self.config)
+        if model.tp is not None:  # a rank that dies is fatal: NOT_SERVING, then exit non-zero
+            model.tp.watch(lambda rank, code: loop.call_soon_threadsafe(self._rank_died, rank, code))
         await self.engine.warmup()
         self.servicer.model_name = model.model_name
         self.servicer.engine = self.engine
@@ -126,6 +133,12 @@ class DecoderServer(ServiceServer):
             await asyncio.sleep(0.01)
         return True
 
+    def _rank_died(self, rank: int, exit_code: int | None) -> None:
+        self.fail(
+            f"tensor-parallel rank {rank} exited (code {exit_code}): the model is incomplete without it; "
+            "restart the decoder"
+        )
+
     async def close(self) -> None:
         if self.http is not None:
             await self.http.stop()  # idempotent; here when loading failed or the drain was cut short
@@ -137,3 +150,12 @@ class DecoderServer(ServiceServer):
             await self.encoders.close()
         if self.media_ids is not None:
             await self.media_ids.close()
+        if self.runtime is not None and self.runtime.tp is not None:
+            await asyncio.to_thread(self.runtime.tp.close)
+
+
+def _tensor_parallel_problems(config: DecoderConfig) -> list[str]:
+    try:
+        return tensor_parallel_problems(config)
+    except ValueError:  # an unreadable checkpoint: load() reports it with its own message
+        return []
