@@ -87,6 +87,12 @@ class DecoderConfig:
         env="INTERNVL_TENSOR_PARALLEL_SIZE",
     )
     tp_timeout_s: float = setting(300.0, "tensor parallel: longest one collective waits for a peer rank")
+    cuda_graphs: str = setting(
+        "off",
+        "on|off: replay CUDA graphs for decode steps (one per batch bucket, captured at warm-up; CUDA, one "
+        "rank). Off by default until benchmarks/gpu_check.sh has shown it correct on a device",
+        env="INTERNVL_CUDA_GRAPHS",
+    )
     block_size: int = setting(16, "tokens per KV-cache block")
     num_kv_blocks: int | None = setting(None, "exact number of KV blocks (overrides --kv-cache-mb)", parse=int)
     kv_cache_bytes: int | None = setting(
@@ -165,6 +171,10 @@ class DecoderConfig:
             problems.append(f"--gpu-memory-fraction must be in (0, 1], got {self.gpu_memory_fraction}")
         if self.tensor_parallel_size < 1:
             problems.append(f"--tensor-parallel-size must be >= 1, got {self.tensor_parallel_size}")
+        if self.cuda_graphs not in ("on", "off"):
+            problems.append(f"--cuda-graphs must be on or off, got {self.cuda_graphs!r}")
+        elif self.cuda_graphs == "on" and self.tensor_parallel_size > 1:
+            problems.append("--cuda-graphs on is not supported with --tensor-parallel-size > 1 yet")
         if self.tp_timeout_s <= 0:
             problems.append(f"--tp-timeout-s must be > 0, got {self.tp_timeout_s}")
         if self.max_num_seqs < 1:

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import itertools
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,9 +23,11 @@ from internvl_serve.common.errors import InvalidArgument, ServiceError, Unavaila
 from internvl_serve.common.logs import log_event
 from internvl_serve.decoder.config import DecoderConfig
 from internvl_serve.decoder.engine.block_manager import BlockManager
+from internvl_serve.decoder.engine.cuda_graphs import DecodeGraphs
 from internvl_serve.decoder.engine.kv_cache import KVCache, KVCacheSpec, num_kv_blocks
 from internvl_serve.decoder.engine.loaded_model import LoadedModel
 from internvl_serve.decoder.engine.logprobs import TokenLogprob, TokenTexts
+from internvl_serve.decoder.engine.memory_profile import activation_peak_bytes
 from internvl_serve.decoder.engine.model_runner import ModelRunner, StepInputs
 from internvl_serve.decoder.engine.output_stream import RequestStream
 from internvl_serve.decoder.engine.request import GenerationDelta, GenerationRequest, GenerationResult
@@ -65,15 +68,21 @@ class Engine:
         model = runtime.model
         spec = KVCacheSpec.for_model(model.config, cfg.block_size, runtime.dtype, model.num_local_kv_heads)
         useful = cfg.max_num_seqs * -(-runtime.context_len // cfg.block_size)  # more could never be used
-        num_blocks = min(num_kv_blocks(cfg, spec, runtime.device), useful, runtime.tp_max_blocks or useful)
+        peak = None
+        if runtime.device.type == "cuda" and runtime.tp is None and cfg.num_kv_blocks is None:
+            peak = activation_peak_bytes(model, spec, cfg.max_tokens_per_step, cfg.max_num_seqs, runtime.device)
+        num_blocks = min(num_kv_blocks(cfg, spec, runtime.device, peak), useful, runtime.tp_max_blocks or useful)
         self.kv_cache = KVCache(spec, num_blocks, runtime.device)
         if runtime.tp is not None:  # every rank's cache has the same blocks (its own K/V heads)
             runtime.tp.start_caches(num_blocks)
         self.block_manager = BlockManager(num_blocks, cfg.block_size, cfg.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, cfg.max_num_seqs, cfg.max_tokens_per_step, cfg.max_queue)
         self.runner = ModelRunner(runtime.model, self.kv_cache, runtime.device, tp=runtime.tp)
-        vocab_size = runtime.model.config.vocab_size
-        self.structured = StructuredOutput(runtime.tokenizer, vocab_size, runtime.eos_token_ids)
+        self._graphs = None  # captured at warm-up (--cuda-graphs on, CUDA, one rank)
+        if cfg.cuda_graphs == "on" and runtime.device.type == "cuda" and runtime.tp is None:
+            self._graphs = DecodeGraphs(model, self.kv_cache, runtime.device, cfg.max_num_seqs, runtime.context_len)
+        self._structured: StructuredOutput | None = None  # built on the first constrained request
+        self._structured_lock = threading.Lock()
         self._token_texts = TokenTexts(runtime.tokenizer)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decoder-step")
         # Prompts are tokenized off the loop, one at a time: a fast tokenizer must not be used from two
@@ -92,6 +101,7 @@ class Engine:
             num_blocks=num_blocks,
             block_size=cfg.block_size,
             mib=round(self.kv_cache.nbytes / 2**20, 1),
+            activation_peak_mib=None if peak is None else round(peak / 2**20, 1),
         )
 
     # ---- public API -------------------------------------------------------------------------------------
@@ -116,6 +126,20 @@ class Engine:
             self.scheduler.num_prompt_tokens,
             self.scheduler.num_cached_prompt_tokens,
         )
+
+    @property
+    def structured(self) -> StructuredOutput:
+        """The grammar layer over this tokenizer (its vocabulary scan takes ~1 s for 151k tokens: done once,
+        off the loop, when the first constrained request is validated)."""
+        with self._structured_lock:
+            if self._structured is None:
+                from transformers import AutoTokenizer
+
+                runtime = self.runtime
+                # Its own tokenizer instance: a fast tokenizer must not be used from two threads at once.
+                tokenizer = AutoTokenizer.from_pretrained(runtime.model_dir)
+                self._structured = StructuredOutput(tokenizer, runtime.model.config.vocab_size, runtime.eos_token_ids)
+            return self._structured
 
     def check(self, messages: list[dict], sampling: SamplingParams) -> int:
         """Cheap checks to run before encoding media (InvalidArgument / ResourceExhausted); returns the
@@ -167,6 +191,16 @@ class Engine:
         await self.generate_full(
             GenerationRequest(messages, sampling=SamplingParams(max_new_tokens=2), request_id="warmup")
         )
+        if self._graphs is not None:  # captured on the step thread, where they will be replayed
+            started = time.monotonic()
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._graphs.capture)
+            self.runner.graphs = self._graphs
+            log_event(
+                logger,
+                "decoder.cuda_graphs_captured",
+                buckets=self._graphs.buckets,
+                seconds=round(time.monotonic() - started, 2),
+            )
 
     async def close(self) -> None:
         """Stop: refuse new requests, end the loop, and fail what is left with UNAVAILABLE."""
@@ -298,7 +332,7 @@ class Engine:
         self._deliver(self.scheduler.update_from_output(out, samples.tokens), logprobs)
 
     def _execute(self, inputs: StepInputs, rows: list[SamplingRow]) -> StepSamples:
-        return sample_step(self.runner.execute(inputs), rows, self.structured)
+        return sample_step(self.runner.execute(inputs), rows, self._structured)
 
     def _expire_deadlines(self) -> None:
         now = time.monotonic()

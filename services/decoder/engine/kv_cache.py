@@ -8,8 +8,8 @@ import torch
 
 from internvl_serve.decoder.config import DEFAULT_CPU_KV_CACHE_BYTES, DecoderConfig
 
-# Room left on a GPU for activations of the largest step (beyond weights and the cache).
-_ACTIVATION_HEADROOM_BYTES = 1 << 30
+# Room left on a GPU for activations when no profile run measured them (tensor-parallel ranks).
+FIXED_ACTIVATION_HEADROOM_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -36,16 +36,22 @@ class KVCacheSpec:
         return 2 * self.num_layers * self.block_size * self.num_kv_heads * self.head_dim * itemsize
 
 
-def num_kv_blocks(config: DecoderConfig, spec: KVCacheSpec, device: torch.device) -> int:
-    """Blocks for the configured budget (call after the weights are on the device)."""
+def num_kv_blocks(
+    config: DecoderConfig, spec: KVCacheSpec, device: torch.device, activation_peak: int | None = None
+) -> int:
+    """Blocks for the configured budget (call after the weights are on the device). On CUDA without a
+    budget: --gpu-memory-fraction of the device less what is in use, the measured `activation_peak`
+    (memory_profile.py; else a fixed headroom) and a margin for the decode graphs."""
     if config.num_kv_blocks is not None:
         return config.num_kv_blocks
     budget = config.kv_cache_bytes
     if budget is None:
         if device.type == "cuda":
+            from internvl_serve.decoder.engine.memory_profile import GRAPH_MARGIN_BYTES, kv_budget_bytes
+
             free, total = torch.cuda.mem_get_info(device)
-            used = total - free
-            budget = int(total * config.gpu_memory_fraction) - used - _ACTIVATION_HEADROOM_BYTES
+            peak = FIXED_ACTIVATION_HEADROOM_BYTES if activation_peak is None else activation_peak
+            budget = kv_budget_bytes(total, config.gpu_memory_fraction, total - free, peak, GRAPH_MARGIN_BYTES)
         else:
             budget = DEFAULT_CPU_KV_CACHE_BYTES
     blocks = budget // spec.bytes_per_block

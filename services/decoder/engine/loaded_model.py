@@ -34,6 +34,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     model_name: str  # as given to --model
+    model_dir: str = ""  # the checkpoint's local directory (a hub id resolved)
     tp: Any = None  # TPWorkers (ranks 1..N-1) with --tensor-parallel-size N > 1; this process is rank 0
     tp_max_blocks: int | None = None  # the fewest KV blocks a worker rank can hold
 
@@ -137,6 +138,7 @@ def _load(config: DecoderConfig, shard: TPShard, AutoTokenizer) -> LoadedModel:
         device=device,
         dtype=dtype,
         model_name=config.model,
+        model_dir=str(ckpt.path),
     )
     log_event(
         logger,

@@ -41,9 +41,11 @@ def _block_tables(tables: list[list[int]]) -> torch.Tensor:
 
 
 class ModelRunner:
-    def __init__(self, model: Qwen2ForCausalLM, kv_cache: KVCache, device: torch.device, tp=None):
-        """`tp`: rank 0's TPWorkers; each step goes to them before it runs here (tp_workers.py)."""
+    def __init__(self, model: Qwen2ForCausalLM, kv_cache: KVCache, device: torch.device, tp=None, graphs=None):
+        """`tp`: rank 0's TPWorkers; each step goes to them before it runs here (tp_workers.py). `graphs`:
+        captured DecodeGraphs, replayed for pure decode steps (cuda_graphs.py)."""
         self.tp = tp
+        self.graphs = graphs
         self.model = model
         self.kv_cache = kv_cache
         self.device = torch.device(device)
@@ -100,6 +102,8 @@ class ModelRunner:
         """Run the model; fp32 logits [len(logits_indices), vocab]."""
         if self.tp is not None:
             self.tp.send_step(inputs)
+        if self.graphs is not None and self.graphs.can_run(inputs):
+            return self.graphs.run(inputs)
         dev = self.device
 
         def to_dev(t: torch.Tensor) -> torch.Tensor:

@@ -41,9 +41,8 @@ class StructuredOutput:
 
         self._ll = llguidance
         self.vocab_size = vocab_size
-        self._tokenizer = llguidance.hf.from_tokenizer(
-            tokenizer, n_vocab=vocab_size, eos_token=sorted(stop_token_ids) or None
-        )
+        stops = sorted(t for t in stop_token_ids if 0 <= t < vocab_size)  # ids past the vocabulary never occur
+        self._tokenizer = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size, eos_token=stops or None)
         self._executor = llguidance.LLExecutor(num_threads=2)
 
     def grammar(self, spec: GrammarSpec) -> str:
