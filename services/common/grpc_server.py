@@ -26,10 +26,21 @@ from internvl_serve.common.telemetry import Telemetry
 log = logging.getLogger("internvl_serve.grpc")
 
 MiB = 1024 * 1024
+CONNECTION_AGE_GRACE_MS = 60_000  # calls on a connection past its age get this long to finish
 
 
-def server_options(max_receive_bytes: int, max_send_bytes: int) -> list[tuple[str, int]]:
-    return [
+def server_options(
+    max_receive_bytes: int, max_send_bytes: int, max_connection_age_s: float | None = None
+) -> list[tuple[str, int]]:
+    """`max_connection_age_s`: close each client connection after this long (with a grace for the calls
+    on it), so clients re-resolve DNS and spread over replicas added since (an encoder scale-up)."""
+    age = []
+    if max_connection_age_s:
+        age = [
+            ("grpc.max_connection_age_ms", int(max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", CONNECTION_AGE_GRACE_MS),
+        ]
+    return age + [
         # Requests carry encoded images/videos (default limits 32 MiB per image, 256 MiB per video).
         ("grpc.max_receive_message_length", max_receive_bytes),
         # Encode replies with inline embeddings are large (an InternVL3-14B image: ~34 MB in bf16).
@@ -90,6 +101,7 @@ def create_server(
     *,
     max_receive_bytes: int,
     max_send_bytes: int,
+    max_connection_age_s: float | None = None,
     telemetry: Telemetry | None = None,
     auth: AuthInterceptor | None = None,
     in_flight: InFlightLimit | None = None,
@@ -99,7 +111,8 @@ def create_server(
     authenticated calls take a slot), then the ErrorInterceptor around the servicer."""
     interceptors = [i for i in (telemetry and TelemetryInterceptor(telemetry), auth, in_flight) if i]
     interceptors.append(ErrorInterceptor())
-    server = grpc.aio.server(interceptors=interceptors, options=server_options(max_receive_bytes, max_send_bytes))
+    options = server_options(max_receive_bytes, max_send_bytes, max_connection_age_s)
+    server = grpc.aio.server(interceptors=interceptors, options=options)
     reporter = HealthReporter(server, service_full_names)
     reflection.enable_server_reflection([*service_full_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     return server, reporter

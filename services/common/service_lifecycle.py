@@ -53,6 +53,7 @@ class ServiceServer:
             service_names,
             max_receive_bytes=receive_limit(config),
             max_send_bytes=config.max_send_bytes,
+            max_connection_age_s=getattr(config, "max_connection_age_s", None),
             telemetry=self.telemetry,
             auth=AuthInterceptor(self.security.tokens, self.trusts_named_tenant),
             in_flight=self.in_flight,

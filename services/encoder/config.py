@@ -61,6 +61,11 @@ class EncoderConfig:
     grace_s: float = grace_setting()
     drain_notice_s: float = drain_notice_setting()
     metrics_port: int | None = metrics_port_setting()
+    max_connection_age_s: float = setting(
+        300.0,
+        "close each decoder connection after this long (calls on it get 60 s more), so decoders re-resolve "
+        "a DNS target and reach encoder replicas added since; 0 = never",
+    )
     tls: ServerTls = nested(ServerTls)
     auth_tokens_file: str | None = auth_tokens_setting()
     log_level: str = log_level_setting()
@@ -68,6 +73,8 @@ class EncoderConfig:
 
     def __post_init__(self) -> None:
         problems = common_problems(self)
+        if self.max_connection_age_s < 0:
+            problems.append(f"--max-connection-age-s must be >= 0 (0 = never), got {self.max_connection_age_s}")
         for name in ("max_batch_tiles", "max_media_per_request", "video_workers"):
             if getattr(self, name) < 1:
                 problems.append(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
