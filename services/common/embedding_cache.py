@@ -4,6 +4,13 @@ dead cache costs one timeout per back-off period, not one per request.
 
 Each Redis call is a CLIENT span (db.system.name "redis"); a failed call is recorded on its span and the
 request carries on. A call skipped during the back-off is an event on the caller's span.
+
+Topologies (redis_clients.py has the url forms): a plain url is asked once, on the first call, whether it
+is a Redis Cluster node (`INFO cluster`, bounded like any call; if Redis is down it is asked again after
+the back-off); a cluster node's url then goes through the cluster client, which spreads keys by slot. In
+a cluster an error on one node (down, slow, full) backs off only the keys whose slot that node serves;
+the others carry on. An error about the cluster as a whole (CLUSTERDOWN, no node reachable) backs off the
+whole cache, as for one server. A sentinel url follows the master the sentinels name.
 """
 
 from __future__ import annotations
@@ -14,7 +21,6 @@ import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -22,6 +28,14 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from internvl_serve.common.config_fields import setting
 from internvl_serve.common.embedding_blob import BlobError, EncodedBlob, pack, unpack
 from internvl_serve.common.logs import log_event
+from internvl_serve.common.redis_clients import (
+    cluster_client,
+    is_sentinel_url,
+    open_client,
+    redact,
+    url_attributes,
+    url_problem,
+)
 from internvl_serve.common.tenancy import DEFAULT_TENANT
 
 log = logging.getLogger("internvl_serve.common.embedding_cache")
@@ -40,7 +54,8 @@ class CacheSettings:
 
     url: str | None = setting(
         None,
-        "redis://host:port/db of the embedding cache; omit to run without it",
+        "the embedding cache: redis://host:port/db (one server or any Redis Cluster node) or "
+        "redis+sentinel://host:port[,host:port...]/service[/db]; omit to run without it",
         flag="--redis-url",
         env="INTERNVL_REDIS_URL",
     )
@@ -66,6 +81,10 @@ class CacheSettings:
                 out.append(f"{flag} must be > 0, got {value}")
         if self.backoff_s < 0:
             out.append(f"--redis-backoff-s must be >= 0, got {self.backoff_s}")
+        if self.url:
+            problem = url_problem(self.url)
+            if problem:
+                out.append(problem)
         return out
 
 
@@ -92,21 +111,16 @@ class EmbeddingCache:
 
     def __post_init__(self) -> None:
         self._client = None
-        self._down_until = 0.0
+        self._down_until = 0.0  # the whole cache backs off until then
+        self._node_down_until: dict[str, float] = {}  # a cluster's nodes ("host:port") that back off alone
+        self.topology: str | None = None  # "standalone", "cluster" or "sentinel"; None until the server says
+        self._detecting = asyncio.Lock()
         self.tracer = self.tracer or trace.NoOpTracer()
         self._span_attributes = _db_attributes(self.settings.url)
         if self.settings.url:
-            from redis.asyncio import Redis
-            from redis.backoff import NoBackoff
-            from redis.retry import Retry
-
-            self._client = Redis.from_url(
-                self.settings.url,
-                socket_connect_timeout=self.settings.connect_timeout_s,
-                socket_timeout=self.settings.op_timeout_s,
-                retry=Retry(NoBackoff(), 0),  # no hidden retries: one bounded attempt per call
-                retry_on_timeout=False,
-            )
+            self._client = open_client(self.settings.url, self.settings.connect_timeout_s, self.settings.op_timeout_s)
+            if is_sentinel_url(self.settings.url):
+                self.topology = "sentinel"
 
     @property
     def enabled(self) -> bool:
@@ -126,14 +140,95 @@ class EmbeddingCache:
         match = _MEDIA_ID.match(media_id)
         return None if match is None else self.key(match.group(1), match.group(2), tenant)
 
-    def _available(self) -> bool:
+    def _available(self, key: str | None = None) -> bool:
         if self._client is None:
             return False
-        if time.monotonic() < self._down_until:
-            self.stats.skipped += 1
-            trace.get_current_span().add_event("internvl.cache.skipped", {"reason": "redis failed recently"})
-            return False
+        now = time.monotonic()
+        if now < self._down_until:
+            return self._skip("redis failed recently")
+        node = self._node(key)
+        if node is not None and now < self._node_down_until.get(node.name, 0.0):
+            return self._skip("redis node failed recently", node.name)
         return True
+
+    def _skip(self, reason: str, node: str = "") -> bool:
+        self.stats.skipped += 1
+        event = {"reason": reason, **({"internvl.cache.node": node} if node else {})}
+        trace.get_current_span().add_event("internvl.cache.skipped", event)
+        return False
+
+    def _node(self, key: str | None):
+        """The cluster node serving `key`'s slot (None: not a cluster, or its slots are not known yet)."""
+        if key is None or self.topology != "cluster":
+            return None
+        try:
+            return self._client.get_node_from_key(key)
+        except Exception:  # slots not loaded (before the first CLUSTER SLOTS, or after a refresh failed)
+            return None
+
+    def _where(self, node) -> dict[str, Any]:
+        """Per-call span attributes: the cluster node of the key, or the sentinels' master last connected to."""
+        if node is not None:
+            return {"server.address": node.host, "server.port": int(node.port), "internvl.cache.node": node.name}
+        master = getattr(getattr(self._client, "connection_pool", None), "master_address", None)
+        if self.topology == "sentinel" and master:
+            return {"server.address": str(master[0]), "server.port": int(master[1])}
+        return {}
+
+    async def _detect(self) -> bool:
+        """Ask a plain url's server, once, whether it is a Redis Cluster node (INFO cluster), and if so switch
+        to the cluster client. Raises what the call raised (the caller backs off and a later call asks again);
+        False: another caller's attempt failed a moment ago (skip, as in the back-off)."""
+        if self.topology is not None:
+            return True
+        async with self._detecting:
+            if self.topology is not None:
+                return True
+            if time.monotonic() < self._down_until or self._client is None:
+                return False
+            from redis.exceptions import ResponseError
+
+            try:
+                info = await self._call("info", self._client.info("cluster"))
+            except ResponseError as exc:  # INFO refused (an ACL, a proxy): one server; but a cluster node
+                info = {"cluster_enabled": 1} if "cluster mode" in str(exc) else {}  # refuses SELECT of db > 0
+            if str(info.get("cluster_enabled", "0")) == "1":
+                await self._use_cluster()
+            else:
+                self.topology = "standalone"
+            self._span_attributes = {**self._span_attributes, "internvl.cache.topology": self.topology}
+            log_event(log, "cache_connected", logging.INFO, topology=self.topology, url=redact(self.settings.url))
+            return True
+
+    async def _route(self, span, key: str):
+        """(True, the cluster node of `key` or None) once the topology is known, its attributes on `span`;
+        (False, None): skip the call (another caller's detection failed a moment ago)."""
+        if not await self._detect():
+            span.set_attribute("internvl.cache.result", "skipped")
+            self._skip("redis failed recently")
+            return False, None
+        node = self._node(key)
+        span.set_attributes(self._where(node))
+        return True, node
+
+    async def _use_cluster(self) -> None:
+        plain, url = self._client, self.settings.url
+        try:
+            cluster = cluster_client(url, self.settings.connect_timeout_s, self.settings.op_timeout_s)
+        except Exception as exc:  # a db other than 0, a unix socket: this url cannot name a cluster
+            self._client = None  # the cache is off: retrying cannot help
+            await _close(plain)
+            message = f"--redis-url {redact(url)} is a Redis Cluster node, but {exc}; the cache is disabled"
+            log_event(log, "cache_disabled", logging.ERROR, error=message)
+            raise ValueError(message) from exc
+        try:
+            await self._call("cluster", cluster.initialize())  # CLUSTER SLOTS: which node serves each slot
+        except BaseException:
+            await _close(cluster)
+            raise
+        self._client, self.topology = cluster, "cluster"
+        self._span_attributes["db.namespace"] = "0"
+        await _close(plain)
 
     def _span(self, op: str):
         attributes = {**self._span_attributes, "db.operation.name": op}
@@ -141,15 +236,34 @@ class EmbeddingCache:
             op, kind=SpanKind.CLIENT, attributes=attributes, record_exception=False, set_status_on_exception=False
         )
 
-    def _failed(self, op: str, exc: BaseException) -> None:
+    def _failed(self, op: str, exc: BaseException, node=None) -> None:
         span = trace.get_current_span()
         span.record_exception(exc)
         span.set_attributes({"error.type": type(exc).__qualname__, "internvl.cache.result": "error"})
         span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"[:200]))
         self.stats.errors += 1
         self.stats.last_error = f"{op}: {type(exc).__name__}: {exc}"[:300]
-        self._down_until = time.monotonic() + self.settings.backoff_s
-        log_event(log, "cache_error", logging.WARNING, op=op, error=self.stats.last_error)
+        failed = self._failed_node(exc, node)
+        if failed is None:
+            self._down_until = time.monotonic() + self.settings.backoff_s
+        else:
+            self._node_down_until[failed] = time.monotonic() + self.settings.backoff_s
+            span.set_attribute("internvl.cache.node", failed)
+        log_event(log, "cache_error", logging.WARNING, op=op, error=self.stats.last_error, node=failed or "")
+
+    def _failed_node(self, exc: BaseException, node) -> str | None:
+        """In a cluster, the node an error is about: only its keys back off. None (the whole cache backs off):
+        not a cluster, or an error about the cluster as a whole (CLUSTERDOWN, slots uncovered, none reachable)."""
+        if self.topology != "cluster":
+            return None
+        from redis.exceptions import ClusterError, RedisClusterException
+
+        if isinstance(exc, (ClusterError, RedisClusterException)):
+            return None
+        named = getattr(exc, "last_failed_node_name", None) or getattr(getattr(exc, "connection", None), "name", None)
+        if isinstance(named, str) and named:
+            return named
+        return None if node is None else node.name
 
     async def _call(self, op: str, coro):
         # wait_for bounds the whole call even if the client's own socket timeout does not fire
@@ -157,13 +271,17 @@ class EmbeddingCache:
 
     async def get(self, key: str) -> EncodedBlob | None:
         """The cached blob, or None on a miss, a corrupt value or any Redis problem."""
-        if not self._available():
+        if not self._available(key):
             return None
         with self._span("GET") as span:
+            node = None
             try:
+                ready, node = await self._route(span, key)
+                if not ready:
+                    return None
                 data = await self._call("get", self._client.get(key))
             except Exception as exc:  # any Redis or network failure is a miss, never a failed request
-                self._failed("get", exc)
+                self._failed("get", exc, node)
                 return None
             if data is None:
                 self.stats.misses += 1
@@ -183,15 +301,19 @@ class EmbeddingCache:
 
     async def put(self, key: str, blob: EncodedBlob) -> bool:
         """Store with the TTL; False (counted, logged) when Redis is down, slow or full."""
-        if not self._available():
+        if not self._available(key):
             return False
         with self._span("SET") as span:
             value = pack(blob)
             span.set_attributes({"internvl.cache.value_bytes": len(value), "internvl.cache.ttl_s": self.settings.ttl_s})
+            node = None
             try:
+                ready, node = await self._route(span, key)
+                if not ready:
+                    return False
                 await self._call("set", self._client.set(key, value, ex=self.settings.ttl_s))
             except Exception as exc:  # OOM (maxmemory), timeouts, connection errors: all non-fatal
-                self._failed("set", exc)
+                self._failed("set", exc, node)
                 return False
             self.stats.writes += 1
             span.set_attribute("internvl.cache.result", "stored")
@@ -199,23 +321,20 @@ class EmbeddingCache:
 
     async def close(self) -> None:
         if self._client is not None:
-            try:
-                await self._client.aclose()
-            except Exception:  # closing a dead connection must not fail shutdown
-                pass
+            await _close(self._client)
+
+
+async def _close(client) -> None:
+    """Close a client (and a sentinel master's sentinels); closing a dead connection must not fail shutdown."""
+    sentinels = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
+    for closing in (client, sentinels):
+        try:
+            if closing is not None:
+                await closing.aclose()
+        except Exception:
+            pass
 
 
 def _db_attributes(url: str | None) -> dict[str, Any]:
     """Span attributes naming the Redis server (never the password in the url)."""
-    if not url:
-        return {}
-    parts = urlsplit(url)
-    attributes: dict[str, Any] = {"db.system.name": "redis", "db.system": "redis"}
-    if parts.hostname:
-        attributes["server.address"] = parts.hostname
-    if parts.port:
-        attributes["server.port"] = parts.port
-    db = parts.path.lstrip("/") or "0"
-    if db.isdigit():
-        attributes["db.namespace"] = db
-    return attributes
+    return url_attributes(url) if url else {}
