@@ -65,9 +65,15 @@ class Checkpoint:
         return [s for s in parameter_specs(self.config) if s.name.startswith(prefixes)]
 
     def load(
-        self, component: str, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
+        self,
+        component: str,
+        dtype: torch.dtype | None = None,
+        device: str | torch.device = "cpu",
+        transform=None,
     ) -> tuple[dict[str, torch.Tensor], LoadReport]:
-        """Canonical name -> tensor for every parameter of `component` ("vision" or "language")."""
+        """Canonical name -> tensor for every parameter of `component` ("vision" or "language").
+        `transform(name, tensor)`: applied to each tensor as it is read (a tensor-parallel rank keeps its
+        slice, so host memory holds one full tensor at a time, not the whole model)."""
         if component not in COMPONENTS:
             raise ValueError(f"component must be one of {sorted(COMPONENTS)}")
         specs = self.specs(component)
@@ -100,6 +106,8 @@ class Checkpoint:
                         )
                     report.tensors_read += 1
                     report.bytes_read += tensor.numel() * tensor.element_size()
+                    if transform is not None:
+                        tensor = transform(spec.name, tensor)
                     state[spec.name] = tensor.to(device=device, dtype=dtype or tensor.dtype)
         return state, report
 

@@ -88,9 +88,11 @@ class HealthReporter:
     def __init__(self, server: grpc.aio.Server, service_names: Iterable[str]):
         self.servicer = health.aio.HealthServicer()
         self.names = ["", *service_names]
+        self.serving = False  # what it last said (the HTTP API's /health says the same)
         health_pb2_grpc.add_HealthServicer_to_server(self.servicer, server)
 
     async def set(self, serving: bool) -> None:
+        self.serving = serving
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in self.names:
             await self.servicer.set(name, status)
@@ -153,8 +155,13 @@ async def serve_until_signal(server) -> int:
     if server.failure is None:
         await server.stop()
         return 0
-    try:
-        await asyncio.wait_for(server.stop(0.0), FAILED_STOP_S)
-    except Exception:  # noqa: BLE001 - the process exits 1 either way; the failure is logged already
-        logging.getLogger("internvl_serve").exception("stopping the failed service did not finish cleanly")
+    # Not wait_for: on timeout it cancels and then waits for the cancelled stop's cleanup, which may be
+    # what is stuck (a step blocked on a dead peer). The caller exits without waiting for it.
+    stopping = asyncio.ensure_future(server.stop(0.0))
+    done, _ = await asyncio.wait({stopping}, timeout=FAILED_STOP_S)
+    log = logging.getLogger("internvl_serve")
+    if not done:
+        log.error("the failed service did not stop within %.0f s; exiting anyway", FAILED_STOP_S)
+    elif stopping.exception() is not None:
+        log.error("stopping the failed service raised %r", stopping.exception())
     return 1

@@ -19,11 +19,13 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import torch
+
 from internvl_serve.common.errors import InvalidArgument, ServiceError, Unavailable
 from internvl_serve.common.logs import log_event
 from internvl_serve.decoder.config import DecoderConfig
 from internvl_serve.decoder.engine.block_manager import BlockManager
-from internvl_serve.decoder.engine.cuda_graphs import DecodeGraphs
+from internvl_serve.decoder.engine.cuda_graphs import DecodeGraphs, graph_buckets
 from internvl_serve.decoder.engine.kv_cache import KVCache, KVCacheSpec, num_kv_blocks
 from internvl_serve.decoder.engine.loaded_model import LoadedModel
 from internvl_serve.decoder.engine.logprobs import TokenLogprob, TokenTexts
@@ -69,8 +71,13 @@ class Engine:
         spec = KVCacheSpec.for_model(model.config, cfg.block_size, runtime.dtype, model.num_local_kv_heads)
         useful = cfg.max_num_seqs * -(-runtime.context_len // cfg.block_size)  # more could never be used
         peak = None
+        graphs_on = cfg.cuda_graphs == "on" and runtime.device.type == "cuda" and runtime.tp is None
+        if runtime.device.type == "cuda":
+            torch.cuda.set_device(runtime.device)  # Triton launches on the thread's current device
         if runtime.device.type == "cuda" and runtime.tp is None and cfg.num_kv_blocks is None:
             peak = activation_peak_bytes(model, spec, cfg.max_tokens_per_step, cfg.max_num_seqs, runtime.device)
+            if graphs_on:  # each bucket's graph keeps its own fp32 logits output
+                peak += sum(graph_buckets(cfg.max_num_seqs)) * model.config.vocab_size * 4
         num_blocks = min(num_kv_blocks(cfg, spec, runtime.device, peak), useful, runtime.tp_max_blocks or useful)
         self.kv_cache = KVCache(spec, num_blocks, runtime.device)
         if runtime.tp is not None:  # every rank's cache has the same blocks (its own K/V heads)
@@ -79,12 +86,14 @@ class Engine:
         self.scheduler = Scheduler(self.block_manager, cfg.max_num_seqs, cfg.max_tokens_per_step, cfg.max_queue)
         self.runner = ModelRunner(runtime.model, self.kv_cache, runtime.device, tp=runtime.tp)
         self._graphs = None  # captured at warm-up (--cuda-graphs on, CUDA, one rank)
-        if cfg.cuda_graphs == "on" and runtime.device.type == "cuda" and runtime.tp is None:
+        if graphs_on:
             self._graphs = DecodeGraphs(model, self.kv_cache, runtime.device, cfg.max_num_seqs, runtime.context_len)
         self._structured: StructuredOutput | None = None  # built on the first constrained request
         self._structured_lock = threading.Lock()
         self._token_texts = TokenTexts(runtime.tokenizer)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decoder-step")
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="decoder-step", initializer=_bind_device, initargs=(runtime.device,)
+        )
         # Prompts are tokenized off the loop, one at a time: a fast tokenizer must not be used from two
         # threads at once (the prompt builder has its own instance; detokenizing stays on the loop).
         self._prompt_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decoder-prompt")
@@ -151,8 +160,8 @@ class Engine:
         """check(), and a constrained request's grammar compiled (off the loop: a big schema over a real
         vocabulary takes a while; the compiler caches it for the request itself)."""
         num_media = self.check(messages, sampling)
-        if sampling.grammar is not None:
-            await asyncio.to_thread(self.structured.grammar, sampling.grammar)  # a bad one fails here
+        if (spec := sampling.grammar) is not None:  # a bad one fails here; all of it off the loop
+            await asyncio.to_thread(lambda: self.structured.grammar(spec))
         return num_media
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationDelta]:
@@ -221,12 +230,11 @@ class Engine:
     async def _submit(self, request: GenerationRequest) -> RequestStream:
         if self._closing:
             raise Unavailable("the decoder is shutting down; retry on another replica")
-        await self.validate(request.messages, request.sampling)
-        prompt = await asyncio.get_running_loop().run_in_executor(self._prompt_executor, self._build_prompt, request)
+        self.check(request.messages, request.sampling)
+        loop = asyncio.get_running_loop()
+        prompt, grammar = await loop.run_in_executor(self._prompt_executor, self._prepare, request)
         if self._closing:  # closed while the prompt was being built
             raise Unavailable("the decoder is shutting down; retry on another replica")
-        spec = request.sampling.grammar
-        grammar = None if spec is None else self.structured.matcher(spec)
         seq = new_sequence(next(self._ids), request, prompt, self.runtime, self.config, grammar)
         self.scheduler.add(seq)  # ResourceExhausted when the queue is full
         stream = RequestStream(seq, self.runtime.tokenizer)
@@ -234,6 +242,12 @@ class Engine:
         self._ensure_loop()
         self._wakeup.set()
         return stream
+
+    def _prepare(self, request: GenerationRequest):
+        """Off the loop: the prompt, and a constrained request's matcher (InvalidArgument for a bad grammar)."""
+        spec = request.sampling.grammar
+        grammar = None if spec is None else self.structured.matcher(spec)
+        return self._build_prompt(request), grammar
 
     def _build_prompt(self, request: GenerationRequest):
         hidden = self.runtime.hidden_size
@@ -319,6 +333,8 @@ class Engine:
             samples = await asyncio.get_running_loop().run_in_executor(self._executor, self._execute, inputs, rows)
         except Exception as exc:  # a failed model step fails its own requests, never the loop
             logger.exception("decoder model step failed")
+            if self.runtime.tp is not None:  # the workers are inside this step's collectives: fatal
+                self.runtime.tp.report_failure(f"rank 0's step failed ({type(exc).__name__}: {exc})")
             for chunk in out.chunks:
                 error = (
                     exc
@@ -365,6 +381,12 @@ class Engine:
                     preemptions=seq.num_preemptions,
                 )
             stream.queue.put_nowait(delta)
+
+
+def _bind_device(device) -> None:
+    """The step thread's current CUDA device: where Triton launches its kernels and graphs capture."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
 
 
 def _sampling_row(seq: Sequence) -> SamplingRow:

@@ -123,7 +123,8 @@ class ModelRunner:
         with torch.inference_mode():
             embeds = self.model.embed(to_dev(inputs.token_ids))
             if inputs.media_rows is not None:
-                embeds[to_dev(inputs.media_index)] = inputs.media_rows.to(embeds.dtype)
+                # to the model's device too: a tensor-parallel worker gets the rows over a pipe, on the CPU
+                embeds[to_dev(inputs.media_index)] = inputs.media_rows.to(embeds.device, embeds.dtype)
             return self.model(
                 embeds, to_dev(inputs.positions), self.kv_cache.layers, meta, to_dev(inputs.logits_indices)
             )

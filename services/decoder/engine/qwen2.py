@@ -18,7 +18,7 @@ from internvl_serve.common.layers import RMSNorm
 from internvl_serve.common.quantization import quantize_linears
 from internvl_serve.decoder.engine.attention import AttentionMetadata, paged_attention
 from internvl_serve.decoder.engine.cpu_linear import use_input_major_linears
-from internvl_serve.decoder.engine.tensor_parallel import TPShard, local_heads, shard_state
+from internvl_serve.decoder.engine.tensor_parallel import TensorSlicer, TPShard, local_heads, shard_state
 
 # RoPE types whose frequencies do not depend on the sequence length up to max_position_embeddings
 # ("dynamic" NTK scaling only changes them beyond it, and longer contexts are refused).
@@ -166,14 +166,22 @@ class Qwen2ForCausalLM(nn.Module):
 
     @classmethod
     def from_state(
-        cls, config, state: dict[str, torch.Tensor], dtype=torch.float32, device="cpu", quant=None, shard=None
+        cls,
+        config,
+        state: dict[str, torch.Tensor],
+        dtype=torch.float32,
+        device="cpu",
+        quant=None,
+        shard=None,
+        sliced: bool = False,
     ) -> "Qwen2ForCausalLM":
         """`config` is the InternVLConfig; `state` holds canonical names (Checkpoint.load("language")).
         `quant`: QuantSettings; when enabled, every Linear but lm_head is quantized (as transformers does).
-        `shard`: this rank's TPShard (its slices of `state` are taken here)."""
+        `shard`: this rank's TPShard (its slices of `state` are taken here, unless `sliced` already)."""
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config.text_config
         shard = shard or TPShard()
-        state = shard_state(state, text_config, shard)
+        if not sliced:
+            state = shard_state(state, text_config, shard)
         with torch.device("meta"):
             model = cls(text_config, shard)
         model.to_empty(device=device)
@@ -198,8 +206,12 @@ class Qwen2ForCausalLM(nn.Module):
         cls, ckpt: Checkpoint, dtype=torch.float32, device="cpu", quant=None, shard=None
     ) -> "Qwen2ForCausalLM":
         """Load only the language model and lm_head tensors of a checkpoint (this rank's slices of them)."""
-        state, _ = ckpt.load("language", dtype=dtype, device="cpu" if shard and shard.parallel else device)
-        return cls.from_state(ckpt.config, state, dtype, device, quant, shard)
+        if shard is None or not shard.parallel:
+            state, _ = ckpt.load("language", dtype=dtype, device=device)
+            return cls.from_state(ckpt.config, state, dtype, device, quant)
+        slicer = TensorSlicer(ckpt.config.get_text_config(), shard)  # one full tensor in host memory at a time
+        state, _ = ckpt.load("language", dtype=dtype, device="cpu", transform=slicer)
+        return cls.from_state(ckpt.config, state, dtype, device, quant, shard, sliced=True)
 
 
 def _check_supported(config) -> None:

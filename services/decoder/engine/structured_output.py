@@ -13,6 +13,8 @@ are exactly what a schema needs to keep a weak model's reply finite.
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +24,7 @@ from internvl_serve.common.errors import InvalidArgument
 # Compact JSON (no whitespace between tokens): a weak model must not wander off into endless whitespace.
 _JSON_DEFAULTS = {"whitespace_flexible": False}
 _BITS = torch.arange(32, dtype=torch.int32)
+_CHECKED_GRAMMARS = 256
 
 
 @dataclass(frozen=True)
@@ -44,9 +47,24 @@ class StructuredOutput:
         stops = sorted(t for t in stop_token_ids if 0 <= t < vocab_size)  # ids past the vocabulary never occur
         self._tokenizer = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size, eos_token=stops or None)
         self._executor = llguidance.LLExecutor(num_threads=2)
+        self._checked: OrderedDict[GrammarSpec, str] = OrderedDict()  # spec -> checked grammar, LRU
+        self._lock = threading.Lock()
 
     def grammar(self, spec: GrammarSpec) -> str:
-        """The checked grammar, or InvalidArgument naming the field and llguidance's reason."""
+        """The checked grammar (cached: a request's is checked before its media are encoded and used again
+        for its matcher), or InvalidArgument naming the field and llguidance's reason."""
+        with self._lock:
+            if spec in self._checked:
+                self._checked.move_to_end(spec)
+                return self._checked[spec]
+        grammar = self._check(spec)
+        with self._lock:
+            self._checked[spec] = grammar
+            while len(self._checked) > _CHECKED_GRAMMARS:
+                self._checked.popitem(last=False)
+        return grammar
+
+    def _check(self, spec: GrammarSpec) -> str:
         ll = self._ll.LLMatcher
         try:
             if spec.kind == "json_schema":
@@ -88,9 +106,10 @@ class StructuredOutput:
 
 
 def accept(matcher, token: int) -> None:
-    """Advance a matcher by the token sampled under its mask (refusal would be a masking bug)."""
-    if not matcher.consume_token(token):
-        raise RuntimeError(f"the grammar refused token {token} that was sampled under its own mask")
+    """Advance a matcher by the token sampled under its mask (refusal would be a masking bug; an errored
+    matcher would otherwise accept end-of-sequence and end the reply as if complete)."""
+    if not matcher.consume_token(token) or matcher.is_error():
+        raise RuntimeError(f"the grammar refused token {token} sampled under its own mask: {matcher.get_error()}")
 
 
 def _first_lines(text: str, limit: int = 3) -> str:

@@ -80,28 +80,38 @@ def shard_state(state: dict[str, torch.Tensor], text_config, shard: TPShard) -> 
     """The tensors rank `shard.rank` keeps (contiguous copies of its slices; the rest unchanged)."""
     if not shard.parallel:
         return state
-    head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
-    local = local_heads(text_config, shard)
-    inter = text_config.intermediate_size // shard.size
-    rows = {
-        "q_proj": (shard.rank * local.num_heads * head_dim, local.num_heads * head_dim),
-        "k_proj": (local.first_kv_head * head_dim, local.num_kv_heads * head_dim),
-        "v_proj": (local.first_kv_head * head_dim, local.num_kv_heads * head_dim),
-        "gate_proj": (shard.rank * inter, inter),
-        "up_proj": (shard.rank * inter, inter),
-    }
-    cols = {"o_proj": rows["q_proj"], "down_proj": rows["gate_proj"]}
-    out = {}
-    for name, tensor in state.items():
+    slicer = TensorSlicer(text_config, shard)
+    return {name: slicer(name, tensor) for name, tensor in state.items()}
+
+
+class TensorSlicer:
+    """name, full tensor -> the slice rank `shard.rank` keeps (also usable while a checkpoint is read)."""
+
+    def __init__(self, text_config, shard: TPShard):
+        head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
+        local = local_heads(text_config, shard)
+        inter = text_config.intermediate_size // shard.size
+        self.shard = shard
+        self.rows = {
+            "q_proj": (shard.rank * local.num_heads * head_dim, local.num_heads * head_dim),
+            "k_proj": (local.first_kv_head * head_dim, local.num_kv_heads * head_dim),
+            "v_proj": (local.first_kv_head * head_dim, local.num_kv_heads * head_dim),
+            "gate_proj": (shard.rank * inter, inter),
+            "up_proj": (shard.rank * inter, inter),
+        }
+        self.cols = {"o_proj": self.rows["q_proj"], "down_proj": self.rows["gate_proj"]}
+
+    def __call__(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        if not self.shard.parallel:
+            return tensor
         parts = name.split(".")
         layer_kind = parts[-2] if len(parts) >= 2 else ""
         if layer_kind in _COLUMN:
-            start, length = rows[layer_kind]
+            start, length = self.rows[layer_kind]
             tensor = tensor.narrow(0, start, length)
         elif layer_kind in _ROW and parts[-1] == "weight":
-            start, length = cols[layer_kind]
+            start, length = self.cols[layer_kind]
             tensor = tensor.narrow(1, start, length)
-        elif layer_kind in _ROW and parts[-1] == "bias" and shard.rank:  # added once, by rank 0
+        elif layer_kind in _ROW and parts[-1] == "bias" and self.shard.rank:  # added once, by rank 0
             tensor = torch.zeros_like(tensor)
-        out[name] = tensor.contiguous()
-    return out
+        return tensor.contiguous()

@@ -14,6 +14,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -29,12 +30,17 @@ from internvl_serve.common.errors import InvalidArgument, ServiceError, Unavaila
 from internvl_serve.common.logs import log_event
 from internvl_serve.common.tenancy import reset_current_tenant, set_current_tenant
 from internvl_serve.decoder.http.media_fetch import MediaFetcher
-from internvl_serve.decoder.http.openai_request import ChatCall, chat_call
+from internvl_serve.decoder.http.openai_request import ChatCall, MediaBudget, MediaTooLargeError, chat_call
 from internvl_serve.decoder.http.openai_response import ChunkWriter, completion_json, error_body
 from internvl_serve.decoder.service.proto_convert import check_request_id
 from internvl_serve.decoder.service.servicer import GenerationServicer
 
 log = logging.getLogger("internvl_serve.decoder.http")
+PREPARE_TIMEOUT_S = 60.0  # reading the body and fetching its media, in all
+_SLOW_REQUEST = (
+    f"reading the request and fetching its media took over {PREPARE_TIMEOUT_S:g} s; send the media as data: "
+    "URLs or from a faster host"
+)
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}  # proxies must not buffer the stream
 
 
@@ -45,9 +51,11 @@ class _NoDeadline:
         return None
 
 
-def error_response(status: grpc.StatusCode, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: grpc.StatusCode, message: str, headers: dict[str, str] | None = None, status_code: int | None = None
+) -> JSONResponse:
     http_status, body = error_body(status, message)
-    return JSONResponse(body, status_code=http_status, headers=headers)
+    return JSONResponse(body, status_code=status_code or http_status, headers=headers)
 
 
 class OpenAIApi:
@@ -58,7 +66,13 @@ class OpenAIApi:
         in_flight: InFlightLimit,
         fetcher: MediaFetcher,
         max_body_bytes: int,
+        media_limits: tuple[int, int],
+        is_serving: Callable[[], bool],
     ):
+        """`media_limits`: (--max-media-per-request, --max-request-media-mb in bytes); `is_serving`: what the
+        gRPC health service says (NOT_SERVING during the drain notice, after a failure)."""
+        self.media_limits = media_limits
+        self.is_serving = is_serving
         self.servicer = servicer
         self.tokens = tokens
         self.in_flight = in_flight  # one --max-in-flight for both APIs
@@ -77,7 +91,7 @@ class OpenAIApi:
     # ---- routes -----------------------------------------------------------------------------------------
 
     async def health(self, request: Request) -> Response:
-        if self.servicer.engine is None or self.servicer.draining.is_set():
+        if self.servicer.engine is None or self.servicer.draining.is_set() or not self.is_serving():
             return JSONResponse({"status": "not_serving"}, status_code=503)
         return JSONResponse({"status": "serving"})
 
@@ -99,14 +113,20 @@ class OpenAIApi:
         scope = set_current_tenant(tenant)
         streaming = False
         try:
-            body = await self._json_body(request)
-            self._check_model(body)
-            call = await chat_call(body, request_id, self.fetcher)
+            try:  # a slow upload or slow media hosts must not hold the slot for long
+                async with asyncio.timeout(PREPARE_TIMEOUT_S):
+                    body = await self._json_body(request)
+                    self._check_model(body)
+                    call = await chat_call(body, request_id, self.fetcher, MediaBudget(*self.media_limits))
+            except TimeoutError:
+                return error_response(grpc.StatusCode.DEADLINE_EXCEEDED, _SLOW_REQUEST, headers, status_code=408)
             if call.stream:
-                response = await self._stream(call, headers)
+                response = await self._stream(request, call, headers)
                 streaming = True  # the stream releases the slot when it ends
                 return response
             return await self._unary(request, call, headers)
+        except MediaTooLargeError as exc:
+            return error_response(grpc.StatusCode.INVALID_ARGUMENT, str(exc), headers, status_code=413)
         except ServiceError as exc:
             return error_response(exc.code, str(exc), headers)
         finally:
@@ -122,13 +142,16 @@ class OpenAIApi:
             return Response(status_code=499)
         return JSONResponse(completion_json(reply, call.request.sampling.logprobs), headers=headers)
 
-    async def _stream(self, call: ChatCall, headers: dict[str, str]) -> Response:
+    async def _stream(self, request: Request, call: ChatCall, headers: dict[str, str]) -> Response:
         pump = _StreamPump(self.servicer.GenerateStream(call.request, _NoDeadline()))
         try:  # an error before the first token is the response's status, not an event
-            first = await pump.next()
+            first = await _unless_disconnected(request, pump.next())
         except BaseException:
             await pump.close()
             raise
+        if first is None:  # gone while queued or in prefill: cancelled, its slot and KV blocks freed
+            await pump.close()
+            return Response(status_code=499)
         writer = ChunkWriter(first.request_id, first.model, call.request.sampling.logprobs)
 
         async def events():
@@ -142,8 +165,10 @@ class OpenAIApi:
                                 yield _event(writer.usage(msg.usage))
                             break
                         msg = await pump.next()
-                except ServiceError as exc:  # after some tokens: an error event ends the stream
-                    yield _event(error_body(exc.code, str(exc))[1])
+                except Exception as exc:  # after some tokens: an error event ends the stream
+                    if not isinstance(exc, ServiceError):
+                        log.exception("HTTP API stream failed")
+                    yield _event(error_body(*status_for(exc))[1])
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={**headers, **_SSE_HEADERS})

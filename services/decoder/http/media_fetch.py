@@ -47,6 +47,10 @@ class MediaFetchError(Exception):
     """A media URL that was refused or could not be fetched; the message says why (the app answers 400)."""
 
 
+class MediaTooLarge(MediaFetchError):
+    """The media is over the byte limit of the fetch (the app answers 413)."""
+
+
 def _embedded_v4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     """The IPv4 address an IPv6 address stands for (IPv4-mapped, 6to4, NAT64 well-known prefix), if any."""
     if ip.ipv4_mapped is not None:
@@ -94,7 +98,7 @@ def decode_data_url(url: str, max_bytes: int) -> bytes:
         data = urllib.parse.unquote(data)
     data = "".join(data.split())  # line breaks and spaces some encoders insert
     if len(data) // 4 * 3 > max_bytes + 2:  # a lower bound on the decoded size, before decoding anything
-        raise MediaFetchError(f"data: URL holds about {len(data) // 4 * 3} bytes, over the limit of {max_bytes}")
+        raise MediaTooLarge(f"data: URL holds about {len(data) // 4 * 3} bytes, over the limit of {max_bytes}")
     if len(data) % 4 == 1:
         raise MediaFetchError("invalid base64 in data: URL (its length is not possible for base64)")
     data += "=" * (-len(data) % 4)
@@ -109,7 +113,7 @@ def _sized(raw: bytes, max_bytes: int) -> bytes:
     if not raw:
         raise MediaFetchError("data: URL is empty")
     if len(raw) > max_bytes:
-        raise MediaFetchError(f"data: URL holds {len(raw)} bytes, over the limit of {max_bytes}")
+        raise MediaTooLarge(f"data: URL holds {len(raw)} bytes, over the limit of {max_bytes}")
     return raw
 
 
@@ -237,16 +241,18 @@ class MediaFetcher:
         self._loop = loop
         return self._session
 
-    async def fetch(self, url: str) -> bytes:
-        """The bytes at `url` (a data: or an http(s) URL); MediaFetchError if refused or failed."""
+    async def fetch(self, url: str, max_bytes: int | None = None) -> bytes:
+        """The bytes at `url` (a data: or an http(s) URL); MediaFetchError if refused or failed. `max_bytes`:
+        a lower limit for this fetch (what is left of the request's media budget)."""
+        limit = self._max_bytes if max_bytes is None else min(max_bytes, self._max_bytes)
         if url[:5].lower() == "data:":
-            return decode_data_url(url, self._max_bytes)
+            return decode_data_url(url, limit)
         parsed = self._check_url(url)
         where = f"{parsed.raw_host}:{parsed.port}"
         session = self._session_for_this_loop()
         try:
             async with asyncio.timeout(self._timeout_s):
-                return await self._get(session, parsed, where)
+                return await self._get(session, parsed, where, limit)
         except MediaFetchError:
             raise
         except TimeoutError:
@@ -261,7 +267,7 @@ class MediaFetcher:
         except (aiohttp.ClientError, OSError) as exc:
             raise MediaFetchError(f"fetching media from {where} failed ({type(exc).__name__})") from None
 
-    async def _get(self, session: aiohttp.ClientSession, url: yarl.URL, where: str) -> bytes:
+    async def _get(self, session: aiohttp.ClientSession, url: yarl.URL, where: str, limit: int) -> bytes:
         async with session.get(url, allow_redirects=False) as resp:
             if 300 <= resp.status < 400:
                 raise MediaFetchError(
@@ -273,14 +279,14 @@ class MediaFetcher:
             encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
             if encoding not in ("", "identity"):
                 raise MediaFetchError(f"media host {where} sent Content-Encoding {encoding!r}; only identity is read")
-            too_big = f"media at {where} is over the limit of {self._max_bytes} bytes"
-            if resp.content_length is not None and resp.content_length > self._max_bytes:
-                raise MediaFetchError(f"{too_big} (Content-Length {resp.content_length})")
+            too_big = f"media at {where} is over the limit of {limit} bytes"
+            if resp.content_length is not None and resp.content_length > limit:
+                raise MediaTooLarge(f"{too_big} (Content-Length {resp.content_length})")
             body = bytearray()
             async for chunk in resp.content.iter_chunked(_CHUNK):
                 body += chunk
-                if len(body) > self._max_bytes:
-                    raise MediaFetchError(too_big)
+                if len(body) > limit:
+                    raise MediaTooLarge(too_big)
             return bytes(body)
 
     async def close(self) -> None:

@@ -12,14 +12,36 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from internvl_serve.common.errors import InvalidArgument
-from internvl_serve.decoder.http.media_fetch import MediaFetcher, MediaFetchError
+from internvl_serve.common.errors import InvalidArgument, ResourceExhausted
+from internvl_serve.decoder.http.media_fetch import MediaFetcher, MediaFetchError, MediaTooLarge
 from internvl_serve.pb.internvl.v1 import generation_service_pb2 as pb
 from internvl_serve.pb.internvl.v1 import media_pb2
 
 OPENAI_DEFAULT_TEMPERATURE = 1.0
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 _UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "audio", "modalities", "prediction")
+
+
+class MediaTooLargeError(ResourceExhausted):
+    """The request's media over --max-request-media-mb: RESOURCE_EXHAUSTED as over gRPC, 413 over HTTP."""
+
+
+@dataclass
+class MediaBudget:
+    """What one request's media parts may hold in all, counted before and while they are fetched (the
+    servicer checks the same limits, but only after every part is in memory)."""
+
+    max_items: int
+    max_bytes: int
+    used_bytes: int = 0
+
+    def take(self, data: bytes) -> bytes:
+        self.used_bytes += len(data)
+        return data
+
+    @property
+    def left(self) -> int:
+        return max(0, self.max_bytes - self.used_bytes)
 
 
 @dataclass
@@ -50,10 +72,18 @@ def _url(part: dict, key: str, where: str) -> str:
     return url
 
 
-async def _media(part: dict, kind: str, where: str, fetcher: MediaFetcher) -> media_pb2.Media:
+async def _media(part: dict, kind: str, where: str, fetcher: MediaFetcher, budget: MediaBudget) -> media_pb2.Media:
     url = _url(part, f"{kind}_url", where)
+    too_large = MediaTooLargeError(
+        f"{where}.{kind}_url: the request's media are over {budget.max_bytes} bytes in all "
+        "(--max-request-media-mb); send fewer or smaller images and videos"
+    )
+    if budget.left == 0:
+        raise too_large
     try:
-        data = await fetcher.fetch(url)
+        data = budget.take(await fetcher.fetch(url, max_bytes=budget.left))
+    except MediaTooLarge:
+        raise too_large from None
     except MediaFetchError as exc:
         raise InvalidArgument(f"{where}.{kind}_url: {exc}") from None
     if kind == "image":
@@ -61,7 +91,7 @@ async def _media(part: dict, kind: str, where: str, fetcher: MediaFetcher) -> me
     return media_pb2.Media(video=media_pb2.Video(data=data))
 
 
-async def _content(content: Any, where: str, fetcher: MediaFetcher) -> list[pb.Part]:
+async def _content(content: Any, where: str, fetcher: MediaFetcher, budget: MediaBudget) -> list[pb.Part]:
     if isinstance(content, str):
         return [pb.Part(text=content)]
     if not isinstance(content, list):
@@ -76,15 +106,30 @@ async def _content(content: Any, where: str, fetcher: MediaFetcher) -> list[pb.P
                 raise InvalidArgument(f"{at}.text must be a string")
             parts.append(pb.Part(text=text))
         elif kind in ("image_url", "video_url"):
-            parts.append(pb.Part(media=await _media(part, kind.removesuffix("_url"), at, fetcher)))
+            parts.append(pb.Part(media=await _media(part, kind.removesuffix("_url"), at, fetcher, budget)))
         else:
             raise InvalidArgument(f"{at}.type {kind!r} is not supported: use text, image_url or video_url")
     return parts
 
 
-async def _messages(messages: Any, fetcher: MediaFetcher) -> list[pb.Message]:
+def _count_media(messages: list) -> int:
+    return sum(
+        1
+        for m in messages
+        if isinstance(m, dict) and isinstance(m.get("content"), list)
+        for p in m["content"]
+        if isinstance(p, dict) and p.get("type") in ("image_url", "video_url")
+    )
+
+
+async def _messages(messages: Any, fetcher: MediaFetcher, budget: MediaBudget) -> list[pb.Message]:
     if not isinstance(messages, list) or not messages:
         raise InvalidArgument("messages must be a non-empty list")
+    if (count := _count_media(messages)) > budget.max_items:  # before anything is fetched
+        raise InvalidArgument(
+            f"the request has {count} image/video parts; at most {budget.max_items} are allowed "
+            "(--max-media-per-request)"
+        )
     out = []
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
@@ -93,7 +138,7 @@ async def _messages(messages: Any, fetcher: MediaFetcher) -> list[pb.Message]:
         role = _ROLES.get(message.get("role"))
         if role is None:
             raise InvalidArgument(f"{where}.role {message.get('role')!r} is not supported: system, user or assistant")
-        out.append(pb.Message(role=role, content=await _content(message.get("content", ""), where, fetcher)))
+        out.append(pb.Message(role=role, content=await _content(message.get("content", ""), where, fetcher, budget)))
     return out
 
 
@@ -186,7 +231,7 @@ def _sampling_proto(body: dict, logprobs: bool, top_logprobs: int) -> pb.Samplin
     )
 
 
-async def chat_call(body: Any, request_id: str, fetcher: MediaFetcher) -> ChatCall:
+async def chat_call(body: Any, request_id: str, fetcher: MediaFetcher, budget: MediaBudget) -> ChatCall:
     """Validate and convert a request body (a parsed JSON value); InvalidArgument names the field at fault."""
     if not isinstance(body, dict):
         raise InvalidArgument("the request body must be a JSON object")
@@ -194,6 +239,6 @@ async def chat_call(body: Any, request_id: str, fetcher: MediaFetcher) -> ChatCa
     sampling = _sampling(body)  # checked before any media is fetched
     stream = _field(body, "stream", bool, False)
     options = _field(body, "stream_options", dict, {})
-    messages = await _messages(body.get("messages"), fetcher)
+    messages = await _messages(body.get("messages"), fetcher, budget)
     request = pb.GenerateRequest(messages=messages, sampling=sampling, request_id=request_id)
     return ChatCall(request, stream, bool(options.get("include_usage")))

@@ -66,7 +66,6 @@ class HttpApiServer:
             self.socket.close()
             return
         self._server.should_exit = True
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await asyncio.wait({self._task})  # not `await task`: a cancelled caller must stay cancelled
         self._task = None
         self.socket.close()

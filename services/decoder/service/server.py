@@ -83,7 +83,16 @@ class DecoderServer(ServiceServer):
         except ValueError as exc:
             raise StartupError(f"--allowed-media-domains: {exc}") from None
         max_body = receive_limit(config) * 4 // 3 + MiB  # media arrive base64-encoded in data: URLs
-        api = OpenAIApi(self.servicer, self.security.tokens, self.in_flight, self.fetcher, max_body)
+        media_limits = (config.max_media_per_request, config.max_request_media_bytes)
+        api = OpenAIApi(
+            self.servicer,
+            self.security.tokens,
+            self.in_flight,
+            self.fetcher,
+            max_body,
+            media_limits,
+            is_serving=lambda: self.health.serving,
+        )
         return HttpApiServer(api.app, config.host, config.http_port, config.tls)
 
     async def load(self) -> None:
@@ -92,9 +101,10 @@ class DecoderServer(ServiceServer):
         loop = asyncio.get_running_loop()
         model = await loop.run_in_executor(None, load_model, self.config)
         self.runtime = model
-        self.engine = Engine(model, self.config)
+        # Off the loop: on CUDA the engine's profile run (KV-cache sizing) takes seconds; health keeps answering.
+        self.engine = await loop.run_in_executor(None, Engine, model, self.config)
         if model.tp is not None:  # a rank that dies is fatal: NOT_SERVING, then exit non-zero
-            model.tp.watch(lambda rank, code: loop.call_soon_threadsafe(self._rank_died, rank, code))
+            model.tp.watch(lambda reason: loop.call_soon_threadsafe(self._tensor_parallel_failed, reason))
         await self.engine.warmup()
         self.servicer.model_name = model.model_name
         self.servicer.engine = self.engine
@@ -133,11 +143,8 @@ class DecoderServer(ServiceServer):
             await asyncio.sleep(0.01)
         return True
 
-    def _rank_died(self, rank: int, exit_code: int | None) -> None:
-        self.fail(
-            f"tensor-parallel rank {rank} exited (code {exit_code}): the model is incomplete without it; "
-            "restart the decoder"
-        )
+    def _tensor_parallel_failed(self, reason: str) -> None:
+        self.fail(f"{reason}: the ranks are out of step and the model is incomplete; restart the decoder")
 
     async def close(self) -> None:
         if self.http is not None:

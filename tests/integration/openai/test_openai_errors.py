@@ -127,7 +127,7 @@ def test_body_over_the_limit_is_413(tiny_model_dir, media_dir):
         content = [{"type": "image_url", "image_url": {"url": data_url(media_dir / "view.jpg", "image/jpeg")}}]
         c = RawHttp(f"http://127.0.0.1:{decoder.server.http_port}")
         response = chat(c, messages=[{"role": "user", "content": content}])
-        assert_error(response, 400, "invalid_request_error", "over the limit of 1024")
+        assert_error(response, 413, "invalid_request_error", "over 1024 bytes in all (--max-request-media-mb)")
         huge = [{"role": "user", "content": "x" * (2 * 2**20)}]
         assert_error(chat(c, messages=huge), 413, "invalid_request_error", "--max-request-media-mb")
         assert chat(c).status_code == 200
@@ -156,3 +156,23 @@ def test_a_client_that_disconnects_frees_its_kv_blocks(base_url, model_name, eng
         while engine.stats().num_running and time.monotonic() < deadline:
             time.sleep(0.01)
         assert engine.stats().num_running == 0
+
+
+def test_media_parts_are_counted_and_budgeted_before_they_are_all_fetched(tiny_model_dir, media_dir):
+    from internvl_testing.decoder_server import decoder_config, start_decoder
+
+    image = {"type": "image_url", "image_url": {"url": data_url(media_dir / "view.jpg", "image/jpeg")}}
+    size = (media_dir / "view.jpg").stat().st_size
+    decoder = start_decoder(
+        decoder_config(
+            tiny_model_dir, [], http_port=0, max_media_per_request=3, max_request_media_bytes=int(size * 2.5)
+        )
+    )
+    try:
+        c = RawHttp(f"http://127.0.0.1:{decoder.server.http_port}")
+        many = chat(c, messages=[{"role": "user", "content": [image] * 4}])
+        assert_error(many, 400, "invalid_request_error", "4 image/video parts; at most 3")
+        over = chat(c, messages=[{"role": "user", "content": [image] * 3}])  # each fits, all three do not
+        assert_error(over, 413, "invalid_request_error", "--max-request-media-mb")
+    finally:
+        decoder.close()

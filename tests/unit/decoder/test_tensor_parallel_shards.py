@@ -102,3 +102,20 @@ def test_sharded_mlps_sum_to_the_full_layer(monkeypatch):
         part.load_state_dict({k.removeprefix("mlp."): v for k, v in local.items()})
         total += part(x)
     assert torch.allclose(total, full(x), atol=1e-6)
+
+
+def test_step_inputs_cross_the_pipe_as_plain_arrays():
+    import pickle
+
+    from internvl_serve.decoder.engine.memory_profile import prefill_step_inputs
+    from internvl_serve.decoder.engine.tp_workers import pack_step, unpack_step
+
+    inputs = prefill_step_inputs(num_tokens=40, num_logits=3, block_size=16)
+    inputs.media_rows = torch.randn(4, 8).to(torch.bfloat16)
+    message = pickle.loads(pickle.dumps(pack_step(inputs)))
+    assert not any(isinstance(v, torch.Tensor) for v in message["fields"].values())
+    back = unpack_step(message)
+    assert torch.equal(back.token_ids, inputs.token_ids) and torch.equal(back.media_rows, inputs.media_rows)
+    assert back.media_rows.dtype is torch.bfloat16
+    assert torch.equal(back.meta.prefill_block_tables, inputs.meta.prefill_block_tables)
+    assert back.meta.num_decode_tokens == 0 and back.meta.cpu_blocks == {}
