@@ -17,6 +17,7 @@ class TopLogprob:
     token_id: int
     logprob: float
     token: str = ""  # the token decoded alone
+    token_bytes: bytes = b""  # its exact bytes (a partial UTF-8 character stays partial)
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class TokenLogprob:
     logprob: float
     top: tuple[TopLogprob, ...] = ()
     token: str = ""  # filled in on the engine's loop (with_texts), where the tokenizer may be used
+    token_bytes: bytes = b""
 
 
 def compute_logprobs(logits: torch.Tensor, tokens: list[int], top_ns: list[int]) -> list[TokenLogprob]:
@@ -47,16 +49,26 @@ def compute_logprobs(logits: torch.Tensor, tokens: list[int], top_ns: list[int])
 
 
 class TokenTexts:
-    """Each token id decoded alone, special tokens included (for logprob entries); cached per id."""
+    """Each token id decoded alone, special tokens included, and its exact bytes (for logprob entries);
+    cached per id."""
 
     def __init__(self, tokenizer, cache_size: int = 65536):
-        self._decode = lru_cache(maxsize=cache_size)(
-            lambda token_id: tokenizer.decode([token_id], skip_special_tokens=False)
-        )
+        from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-    def __call__(self, token_id: int) -> str:
-        return self._decode(token_id)
+        byte_of = {char: byte for byte, char in bytes_to_unicode().items()}  # byte-level BPE's alphabet
+
+        def text_and_bytes(token_id: int) -> tuple[str, bytes]:
+            text = tokenizer.decode([token_id], skip_special_tokens=False)
+            piece = tokenizer.convert_ids_to_tokens(token_id) or ""
+            if piece and all(c in byte_of for c in piece):
+                return text, bytes(byte_of[c] for c in piece)
+            return text, text.encode("utf-8")  # not a byte-level piece (an added token such as <|im_end|>)
+
+        self._lookup = lru_cache(maxsize=cache_size)(text_and_bytes)
+
+    def __call__(self, token_id: int) -> tuple[str, bytes]:
+        return self._lookup(token_id)
 
     def with_texts(self, entry: TokenLogprob) -> TokenLogprob:
-        top = tuple(TopLogprob(t.token_id, t.logprob, self(t.token_id)) for t in entry.top)
-        return TokenLogprob(entry.token_id, entry.logprob, top, self(entry.token_id))
+        top = tuple(TopLogprob(t.token_id, t.logprob, *self(t.token_id)) for t in entry.top)
+        return TokenLogprob(entry.token_id, entry.logprob, top, *self(entry.token_id))

@@ -185,6 +185,13 @@ def _refuse_unsupported(body: dict) -> None:
         raise InvalidArgument("logit_bias is not supported by this server")
 
 
+def _top_p(body: dict) -> float:
+    top_p = _field(body, "top_p", (int, float), 1.0)
+    if not 0 < top_p <= 1:
+        raise InvalidArgument(f"top_p must lie in (0, 1], got {top_p}")
+    return top_p
+
+
 def _max_tokens(body: dict) -> int:
     """max_completion_tokens (the current name) or max_tokens; 0 = the server default."""
     for name in ("max_completion_tokens", "max_tokens"):
@@ -219,7 +226,7 @@ def _sampling_proto(body: dict, logprobs: bool, top_logprobs: int) -> pb.Samplin
     return pb.SamplingParams(
         max_new_tokens=_max_tokens(body),
         temperature=_field(body, "temperature", (int, float), OPENAI_DEFAULT_TEMPERATURE),
-        top_p=_field(body, "top_p", (int, float), 0.0),
+        top_p=_top_p(body),
         top_k=max(0, _field(body, "top_k", int, 0)),  # vLLM's extra; -1 there means no limit
         stop=_stop(body),
         repetition_penalty=_field(body, "repetition_penalty", (int, float), 0.0),

@@ -34,7 +34,7 @@ def error_body(status: grpc.StatusCode, message: str, param: str | None = None) 
 
 
 def _top(entry) -> dict[str, Any]:
-    return {"token": entry.token, "logprob": entry.logprob, "bytes": list(entry.token.encode("utf-8"))}
+    return {"token": entry.token, "logprob": entry.logprob, "bytes": list(entry.token_bytes)}
 
 
 def logprobs_json(entries) -> dict[str, Any] | None:

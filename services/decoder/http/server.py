@@ -25,6 +25,7 @@ class _EmbeddedUvicorn(uvicorn.Server):
 
 
 def _listen(host: str, port: int) -> socket.socket:
+    host = host.strip("[]")  # gRPC's "[::]" form of an IPv6 address
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
         return socket.create_server((host, port), family=family, backlog=1024)

@@ -81,7 +81,11 @@ def logprobs_to_proto(entries) -> list[pb.TokenLogprob]:
             token_id=e.token_id,
             token=e.token,
             logprob=e.logprob,
-            top_logprobs=[pb.TopLogprob(token_id=t.token_id, token=t.token, logprob=t.logprob) for t in e.top],
+            token_bytes=e.token_bytes,
+            top_logprobs=[
+                pb.TopLogprob(token_id=t.token_id, token=t.token, logprob=t.logprob, token_bytes=t.token_bytes)
+                for t in e.top
+            ],
         )
         for e in entries or ()
     ]

@@ -22,6 +22,7 @@ def test_greedy_logprobs_equal_transformers(name, run_engine, request_for, oracl
     for step, entry in enumerate(result.logprobs):
         assert abs(entry.logprob - float(reference[step, entry.token_id])) < TOL
         assert entry.token == runtime.tokenizer.decode([entry.token_id], skip_special_tokens=False)
+        assert entry.token_bytes.decode("utf-8", "replace") == entry.token or "\ufffd" in entry.token
         assert len(entry.top) == TOP
         values, _ = reference[step].topk(TOP)
         for alt, value in zip(entry.top, values.tolist()):
@@ -52,3 +53,16 @@ def test_stream_deltas_carry_one_entry_per_token_and_none_when_not_asked(run_eng
     pairs, plain = run_engine(test)
     assert all(ids == entries for ids, entries in pairs)
     assert plain.logprobs is None
+
+
+def test_token_bytes_are_exact_even_inside_a_character(runtime):
+    """A byte-level token that ends inside a multi-byte character: the text shows U+FFFD, the bytes are the
+    real ones, and the bytes of consecutive tokens join into the characters."""
+    from internvl_serve.decoder.engine.logprobs import TokenTexts
+
+    texts = TokenTexts(runtime.tokenizer)
+    ids = runtime.tokenizer.encode("猫がピンク", add_special_tokens=False)
+    pieces = [texts(i) for i in ids]
+    assert b"".join(b for _, b in pieces).decode("utf-8") == "猫がピンク"
+    im_end = runtime.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert texts(im_end) == ("<|im_end|>", b"<|im_end|>")

@@ -80,7 +80,7 @@ def test_logprobs_equal_grpc_logprobs(client, model_name, gen_stub, engine, mode
     for entry, ref in zip(content, grpc_reply.logprobs):
         assert entry.token == ref.token
         assert entry.logprob == pytest.approx(ref.logprob, abs=1e-6)
-        assert entry.bytes == list(ref.token.encode())
+        assert entry.bytes == list(ref.token_bytes)
         assert [t.logprob for t in entry.top_logprobs] == pytest.approx([t.logprob for t in ref.top_logprobs])
         assert entry.top_logprobs[0].logprob >= entry.logprob - 1e-6
     streamed = list(greedy(client, model_name, chat, stream=True, logprobs=True))

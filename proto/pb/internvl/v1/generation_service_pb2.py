@@ -26,15 +26,15 @@ _sym_db = _symbol_database.Default()
 from internvl_serve.pb.internvl.v1 import media_pb2 as internvl_dot_v1_dot_media__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$internvl/v1/generation_service.proto\x12\x0binternvl.v1\x1a\x17internvl/v1/media.proto\"F\n\x04Part\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12#\n\x05media\x18\x02 \x01(\x0b\x32\x12.internvl.v1.MediaH\x00\x42\t\n\x07\x63ontent\";\n\x07Message\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\"\n\x07\x63ontent\x18\x02 \x03(\x0b\x32\x11.internvl.v1.Part\"\x81\x02\n\x0eSamplingParams\x12\x16\n\x0emax_new_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\r\n\x05top_k\x18\x04 \x01(\r\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x12\n\nignore_eos\x18\x07 \x01(\x08\x12\x1a\n\x12repetition_penalty\x18\x08 \x01(\x02\x12\x13\n\x0bjson_schema\x18\t \x01(\t\x12\r\n\x05regex\x18\n \x01(\t\x12\x10\n\x08logprobs\x18\x0b \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\x0c \x01(\rB\x07\n\x05_seed\">\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"o\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12-\n\x0ctop_logprobs\x18\x04 \x03(\x0b\x32\x17.internvl.v1.TopLogprob\"|\n\x0fGenerateRequest\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.internvl.v1.Message\x12-\n\x08sampling\x18\x02 \x01(\x0b\x32\x1b.internvl.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\x82\x01\n\x15GenerateStreamRequest\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.internvl.v1.Message\x12-\n\x08sampling\x18\x02 \x01(\x0b\x32\x1b.internvl.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"{\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\r\x12\x15\n\routput_tokens\x18\x02 \x01(\r\x12\x14\n\x0cimage_tokens\x18\x03 \x01(\r\x12\x18\n\x10media_cache_hits\x18\x04 \x01(\r\x12\x15\n\rcached_tokens\x18\x05 \x01(\r\"\xd8\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x30\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x19.internvl.v1.FinishReason\x12!\n\x05usage\x18\x04 \x01(\x0b\x32\x12.internvl.v1.Usage\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12+\n\x08logprobs\x18\x07 \x03(\x0b\x32\x19.internvl.v1.TokenLogprob\"\xde\x01\n\x16GenerateStreamResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x30\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x19.internvl.v1.FinishReason\x12!\n\x05usage\x18\x04 \x01(\x0b\x32\x12.internvl.v1.Usage\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12+\n\x08logprobs\x18\x07 \x03(\x0b\x32\x19.internvl.v1.TokenLogprob*_\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x32\xb9\x01\n\x11GenerationService\x12G\n\x08Generate\x12\x1c.internvl.v1.GenerateRequest\x1a\x1d.internvl.v1.GenerateResponse\x12[\n\x0eGenerateStream\x12\".internvl.v1.GenerateStreamRequest\x1a#.internvl.v1.GenerateStreamResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$internvl/v1/generation_service.proto\x12\x0binternvl.v1\x1a\x17internvl/v1/media.proto\"F\n\x04Part\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12#\n\x05media\x18\x02 \x01(\x0b\x32\x12.internvl.v1.MediaH\x00\x42\t\n\x07\x63ontent\";\n\x07Message\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\"\n\x07\x63ontent\x18\x02 \x03(\x0b\x32\x11.internvl.v1.Part\"\x81\x02\n\x0eSamplingParams\x12\x16\n\x0emax_new_tokens\x18\x01 \x01(\r\x12\x13\n\x0btemperature\x18\x02 \x01(\x02\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\r\n\x05top_k\x18\x04 \x01(\r\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x12\n\nignore_eos\x18\x07 \x01(\x08\x12\x1a\n\x12repetition_penalty\x18\x08 \x01(\x02\x12\x13\n\x0bjson_schema\x18\t \x01(\t\x12\r\n\x05regex\x18\n \x01(\t\x12\x10\n\x08logprobs\x18\x0b \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\x0c \x01(\rB\x07\n\x05_seed\"S\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12\x13\n\x0btoken_bytes\x18\x04 \x01(\x0c\"\x84\x01\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12-\n\x0ctop_logprobs\x18\x04 \x03(\x0b\x32\x17.internvl.v1.TopLogprob\x12\x13\n\x0btoken_bytes\x18\x05 \x01(\x0c\"|\n\x0fGenerateRequest\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.internvl.v1.Message\x12-\n\x08sampling\x18\x02 \x01(\x0b\x32\x1b.internvl.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\x82\x01\n\x15GenerateStreamRequest\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.internvl.v1.Message\x12-\n\x08sampling\x18\x02 \x01(\x0b\x32\x1b.internvl.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"{\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\r\x12\x15\n\routput_tokens\x18\x02 \x01(\r\x12\x14\n\x0cimage_tokens\x18\x03 \x01(\r\x12\x18\n\x10media_cache_hits\x18\x04 \x01(\r\x12\x15\n\rcached_tokens\x18\x05 \x01(\r\"\xd8\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x30\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x19.internvl.v1.FinishReason\x12!\n\x05usage\x18\x04 \x01(\x0b\x32\x12.internvl.v1.Usage\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12+\n\x08logprobs\x18\x07 \x03(\x0b\x32\x19.internvl.v1.TokenLogprob\"\xde\x01\n\x16GenerateStreamResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\r\x12\x30\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x19.internvl.v1.FinishReason\x12!\n\x05usage\x18\x04 \x01(\x0b\x32\x12.internvl.v1.Usage\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12+\n\x08logprobs\x18\x07 \x03(\x0b\x32\x19.internvl.v1.TokenLogprob*_\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x32\xb9\x01\n\x11GenerationService\x12G\n\x08Generate\x12\x1c.internvl.v1.GenerateRequest\x1a\x1d.internvl.v1.GenerateResponse\x12[\n\x0eGenerateStream\x12\".internvl.v1.GenerateStreamRequest\x1a#.internvl.v1.GenerateStreamResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'internvl.v1.generation_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=1476
-  _globals['_FINISHREASON']._serialized_end=1571
+  _globals['_FINISHREASON']._serialized_start=1519
+  _globals['_FINISHREASON']._serialized_end=1614
   _globals['_PART']._serialized_start=78
   _globals['_PART']._serialized_end=148
   _globals['_MESSAGE']._serialized_start=150
@@ -42,19 +42,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SAMPLINGPARAMS']._serialized_start=212
   _globals['_SAMPLINGPARAMS']._serialized_end=469
   _globals['_TOPLOGPROB']._serialized_start=471
-  _globals['_TOPLOGPROB']._serialized_end=533
-  _globals['_TOKENLOGPROB']._serialized_start=535
-  _globals['_TOKENLOGPROB']._serialized_end=646
-  _globals['_GENERATEREQUEST']._serialized_start=648
-  _globals['_GENERATEREQUEST']._serialized_end=772
-  _globals['_GENERATESTREAMREQUEST']._serialized_start=775
-  _globals['_GENERATESTREAMREQUEST']._serialized_end=905
-  _globals['_USAGE']._serialized_start=907
-  _globals['_USAGE']._serialized_end=1030
-  _globals['_GENERATERESPONSE']._serialized_start=1033
-  _globals['_GENERATERESPONSE']._serialized_end=1249
-  _globals['_GENERATESTREAMRESPONSE']._serialized_start=1252
-  _globals['_GENERATESTREAMRESPONSE']._serialized_end=1474
-  _globals['_GENERATIONSERVICE']._serialized_start=1574
-  _globals['_GENERATIONSERVICE']._serialized_end=1759
+  _globals['_TOPLOGPROB']._serialized_end=554
+  _globals['_TOKENLOGPROB']._serialized_start=557
+  _globals['_TOKENLOGPROB']._serialized_end=689
+  _globals['_GENERATEREQUEST']._serialized_start=691
+  _globals['_GENERATEREQUEST']._serialized_end=815
+  _globals['_GENERATESTREAMREQUEST']._serialized_start=818
+  _globals['_GENERATESTREAMREQUEST']._serialized_end=948
+  _globals['_USAGE']._serialized_start=950
+  _globals['_USAGE']._serialized_end=1073
+  _globals['_GENERATERESPONSE']._serialized_start=1076
+  _globals['_GENERATERESPONSE']._serialized_end=1292
+  _globals['_GENERATESTREAMRESPONSE']._serialized_start=1295
+  _globals['_GENERATESTREAMRESPONSE']._serialized_end=1517
+  _globals['_GENERATIONSERVICE']._serialized_start=1617
+  _globals['_GENERATIONSERVICE']._serialized_end=1802
 # @@protoc_insertion_point(module_scope)
