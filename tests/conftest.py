@@ -16,8 +16,6 @@ import pytest
 # Hugging Face's `kernels` package has that name (transformers probes for it).
 sys.path.insert(0, str(Path(__file__).parent))
 
-from internvl_testing.media import noise_image, write_video  # noqa: E402
-
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
@@ -43,32 +41,17 @@ def oracle(tiny_model_dir):
 @pytest.fixture(scope="session")
 def media_dir(tmp_path_factory) -> Path:
     """Images and videos on disk, as the model card's examples use (local files instead of urls)."""
-    root = tmp_path_factory.mktemp("media")
-    for name, (w, h, seed) in {"view": (200, 120, 1), "liberty": (90, 300, 2), "bridge": (64, 64, 3)}.items():
-        noise_image(w, h, seed).save(root / f"{name}.jpg", quality=92)
-    write_video(root / "tennis.mp4", frames=20, seed=7)
-    return root
+    from internvl_serve.oracle.sample import write_card_media
+
+    return write_card_media(tmp_path_factory.mktemp("media"))
 
 
 @pytest.fixture(scope="session")
 def model_card_chats(media_dir) -> dict[str, list[dict]]:
     """The model card's kinds of chat (local files instead of urls)."""
-    from internvl_testing.engine_testing import text, user
+    from internvl_serve.oracle.sample import model_card_chats
 
-    return {
-        "text only": user(text("Write a haiku")),
-        "one image": user(
-            {"type": "image", "image": str(media_dir / "view.jpg")}, text("Write a haiku for this image")
-        ),
-        "several images": user(
-            {"type": "image", "image": str(media_dir / "liberty.jpg")},
-            {"type": "image", "image": str(media_dir / "bridge.jpg")},
-            text("These images depict two different landmarks. Can you identify them?"),
-        ),
-        "video": user(
-            {"type": "video", "video": str(media_dir / "tennis.mp4")}, text("What type of shot is the man performing?")
-        ),
-    }
+    return model_card_chats(media_dir)
 
 
 @pytest.fixture(scope="session")

@@ -37,3 +37,23 @@ def encoder_stub(address: str):
 
     channel = grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 256 << 20)])
     return channel, pb_grpc.VisionEncoderServiceStub(channel)
+
+
+class EncoderStarter:
+    """Starts in-process encoders for a test (`start(redis_url, **overrides)` -> (server thread, stub,
+    channel)) and stops every one of them in close()."""
+
+    def __init__(self, model_dir):
+        self.model_dir = model_dir
+        self._made = []
+
+    def start(self, redis_url, **overrides):
+        thread = start_encoder(encoder_config(self.model_dir, redis_url, **overrides))
+        channel, stub = encoder_stub(thread.address)
+        self._made.append((thread, channel))
+        return thread, stub, channel
+
+    def close(self) -> None:
+        for thread, channel in self._made:
+            channel.close()
+            thread.close()

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from internvl_testing.encode_requests import embeddings, image, request
-from internvl_testing.encoder_server import encoder_config, encoder_stub, start_encoder
+from internvl_testing.encoder_server import EncoderStarter
 from internvl_testing.media import image_bytes, noise_image
 from internvl_testing.redis_server import RedisServer
 
@@ -26,18 +26,9 @@ def own_redis():
 
 @pytest.fixture
 def started(tiny_model_dir):
-    made = []
-
-    def start(redis_url, **overrides):
-        thread = start_encoder(encoder_config(tiny_model_dir, redis_url, **overrides))
-        channel, stub = encoder_stub(thread.address)
-        made.append((thread, channel))
-        return thread, stub
-
-    yield start
-    for thread, channel in made:
-        channel.close()
-        thread.close()
+    starter = EncoderStarter(tiny_model_dir)
+    yield lambda redis_url, **overrides: starter.start(redis_url, **overrides)[:2]
+    starter.close()
 
 
 class _Clock:

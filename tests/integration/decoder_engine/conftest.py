@@ -12,8 +12,8 @@ import dataclasses
 
 import pytest
 
+from internvl_serve.oracle.embeddings import media_embeddings
 from internvl_testing.engine_testing import MAX_NEW
-from internvl_testing.oracle_media import media_embeddings
 
 
 @pytest.fixture(scope="session")

@@ -10,9 +10,9 @@ import asyncio
 
 import pytest
 
+from internvl_serve.oracle.embeddings import media_embeddings
 from internvl_testing.engine_testing import MAX_NEW, text, user
 from internvl_testing.media import noise_image
-from internvl_testing.oracle_media import media_embeddings
 
 NAMES = ["text only", "one image", "several images", "video"]
 

@@ -7,7 +7,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from internvl_testing.encode_requests import image, request
-from internvl_testing.encoder_server import encoder_config, encoder_stub, start_encoder
+from internvl_testing.encoder_server import EncoderStarter, encoder_config, encoder_stub, start_encoder
 from internvl_testing.media import image_bytes, noise_image
 from internvl_testing.redis_server import RedisClusterServers, free_cluster_port, wait_until
 
@@ -25,18 +25,9 @@ def cluster():
 
 @pytest.fixture
 def started(tiny_model_dir):
-    made = []
-
-    def start(redis_url, **overrides):
-        thread = start_encoder(encoder_config(tiny_model_dir, redis_url, **overrides))
-        channel, stub = encoder_stub(thread.address)
-        made.append((thread, channel))
-        return thread, stub, channel
-
-    yield start
-    for thread, channel in made:
-        channel.close()
-        thread.close()
+    starter = EncoderStarter(tiny_model_dir)
+    yield starter.start
+    starter.close()
 
 
 def _encode(stub, data: bytes):

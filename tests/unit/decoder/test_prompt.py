@@ -12,7 +12,7 @@ from internvl_serve.decoder.engine.media import MediaEmbedding
 from internvl_serve.decoder.engine.prompt import PromptBuilder
 from internvl_serve.decoder.engine.sampling_params import SamplingParams
 from internvl_serve.decoder.engine.sequence_factory import resolve_max_new_tokens
-from internvl_testing.oracle_media import media_embeddings, tile_counts
+from internvl_serve.oracle.embeddings import media_embeddings, tile_counts
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""Media embeddings for the decoder tests, taken from the transformers oracle instead of the encoder service.
+"""Media embeddings taken from the transformers oracle instead of the encoder service: what the decoder's
+tests and the GPU check (benchmarks/gpu_engine_check.py) feed the engine.
 
 Tile and frame counts come from the checkpoint's own image and video processors, one media item at a time
 (as the encoder reports them), not from the oracle's prompt ids, so prompt tests compare two independent
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from internvl_serve.decoder.engine.media import MediaEmbedding
 from internvl_serve.oracle.media import collect_media
 
 Chat = list[dict[str, Any]]
@@ -40,14 +40,17 @@ def tile_counts(oracle, chat: Chat) -> list[int]:
     return counts
 
 
-def media_embeddings(oracle, chat: Chat) -> list[MediaEmbedding]:
+def media_embeddings(oracle, chat: Chat) -> list:
     """One MediaEmbedding per media part of the chat, in order, with the oracle's projected features."""
+    from internvl_serve.decoder.engine.media import MediaEmbedding  # the oracle itself needs no decoder
+
     kinds = media_parts(chat)
     if not kinds:
         return []
     counts = tile_counts(oracle, chat)
     pixel_values = oracle.prepare(chat).pixel_values
-    assert pixel_values.shape[0] == sum(counts), (pixel_values.shape, counts)
+    if pixel_values.shape[0] != sum(counts):
+        raise RuntimeError(f"the processor made {pixel_values.shape[0]} tiles, the items count {counts}")
     features = oracle.image_features(pixel_values)  # [tiles, tokens_per_tile, hidden]
     items, start = [], 0
     for kind, n in zip(kinds, counts):
