@@ -149,7 +149,7 @@ class DecodeGraphs:
             raise RuntimeError("CUDA graphs need a CUDA device")
         pool = None
         for bucket in reversed(self.buckets):
-            self.buffers.fill(_empty_decode(self.device), bucket)  # every row padding: writes nothing
+            self.buffers.fill(_empty_decode(), bucket)  # every row padding: writes nothing
             for _ in range(2):  # warm up: Triton autotuning and cuBLAS workspaces, outside the capture
                 self._forward(bucket)
             torch.cuda.synchronize(self.device)
@@ -172,7 +172,7 @@ class DecodeGraphs:
         return self._outputs[bucket][:n]
 
 
-def _empty_decode(device):
+def _empty_decode():
     """A zero-row decode step: filling the buffers with it pads every row."""
     from types import SimpleNamespace
 

@@ -70,11 +70,11 @@ class Engine:
         model = runtime.model
         spec = KVCacheSpec.for_model(model.config, cfg.block_size, runtime.dtype, model.num_local_kv_heads)
         useful = cfg.max_num_seqs * -(-runtime.context_len // cfg.block_size)  # more could never be used
+        _bind_device(runtime.device)  # this thread too: the profile run below launches kernels
+        on_gpu = runtime.device.type == "cuda"
+        graphs_on = cfg.cuda_graphs == "on" and on_gpu and runtime.tp is None
         peak = None
-        graphs_on = cfg.cuda_graphs == "on" and runtime.device.type == "cuda" and runtime.tp is None
-        if runtime.device.type == "cuda":
-            torch.cuda.set_device(runtime.device)  # Triton launches on the thread's current device
-        if runtime.device.type == "cuda" and runtime.tp is None and cfg.num_kv_blocks is None:
+        if on_gpu and runtime.tp is None and cfg.num_kv_blocks is None:
             peak = activation_peak_bytes(model, spec, cfg.max_tokens_per_step, cfg.max_num_seqs, runtime.device)
             if graphs_on:  # each bucket's graph keeps its own fp32 logits output
                 peak += sum(graph_buckets(cfg.max_num_seqs)) * model.config.vocab_size * 4
@@ -84,10 +84,11 @@ class Engine:
             runtime.tp.start_caches(num_blocks)
         self.block_manager = BlockManager(num_blocks, cfg.block_size, cfg.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, cfg.max_num_seqs, cfg.max_tokens_per_step, cfg.max_queue)
-        self.runner = ModelRunner(runtime.model, self.kv_cache, runtime.device, tp=runtime.tp)
-        self._graphs = None  # captured at warm-up (--cuda-graphs on, CUDA, one rank)
+        # Graphs (--cuda-graphs on, CUDA, one rank) are captured at warm-up; until then the runner stays eager.
+        graphs = None
         if graphs_on:
-            self._graphs = DecodeGraphs(model, self.kv_cache, runtime.device, cfg.max_num_seqs, runtime.context_len)
+            graphs = DecodeGraphs(model, self.kv_cache, runtime.device, cfg.max_num_seqs, runtime.context_len)
+        self.runner = ModelRunner(model, self.kv_cache, runtime.device, tp=runtime.tp, graphs=graphs)
         self._structured: StructuredOutput | None = None  # built on the first constrained request
         self._structured_lock = threading.Lock()
         self._token_texts = TokenTexts(runtime.tokenizer)
@@ -200,14 +201,13 @@ class Engine:
         await self.generate_full(
             GenerationRequest(messages, sampling=SamplingParams(max_new_tokens=2), request_id="warmup")
         )
-        if self._graphs is not None:  # captured on the step thread, where they will be replayed
+        if (graphs := self.runner.graphs) is not None:  # captured on the step thread, where they are replayed
             started = time.monotonic()
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._graphs.capture)
-            self.runner.graphs = self._graphs
+            await asyncio.get_running_loop().run_in_executor(self._executor, graphs.capture)
             log_event(
                 logger,
                 "decoder.cuda_graphs_captured",
-                buckets=self._graphs.buckets,
+                buckets=graphs.buckets,
                 seconds=round(time.monotonic() - started, 2),
             )
 

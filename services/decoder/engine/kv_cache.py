@@ -10,6 +10,13 @@ from internvl_serve.decoder.config import DEFAULT_CPU_KV_CACHE_BYTES, DecoderCon
 
 # Room left on a GPU for activations when no profile run measured them (tensor-parallel ranks).
 FIXED_ACTIVATION_HEADROOM_BYTES = 1 << 30
+GRAPH_MARGIN_BYTES = 256 << 20  # captured decode graphs' pool and allocator slack, beyond the profiled peak
+
+
+def kv_budget_bytes(total: int, fraction: float, used: int, activation_peak: int, margin: int) -> int:
+    """What the cache may take on a GPU: the fraction of the device, less what is in use now (weights,
+    CUDA context), the activation peak (memory_profile.py) and a margin."""
+    return int(total * fraction) - used - activation_peak - margin
 
 
 @dataclass(frozen=True)
@@ -47,8 +54,6 @@ def num_kv_blocks(
     budget = config.kv_cache_bytes
     if budget is None:
         if device.type == "cuda":
-            from internvl_serve.decoder.engine.memory_profile import GRAPH_MARGIN_BYTES, kv_budget_bytes
-
             free, total = torch.cuda.mem_get_info(device)
             peak = FIXED_ACTIVATION_HEADROOM_BYTES if activation_peak is None else activation_peak
             budget = kv_budget_bytes(total, config.gpu_memory_fraction, total - free, peak, GRAPH_MARGIN_BYTES)

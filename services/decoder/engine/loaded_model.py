@@ -90,8 +90,6 @@ def load_shard(config: DecoderConfig, shard: TPShard) -> tuple[Qwen2ForCausalLM,
 def load_model(config: DecoderConfig) -> LoadedModel:
     """Open the checkpoint and load only the language model, lm_head and tokenizer (with N ranks: start
     the N-1 worker processes, join their group, load rank 0's shard and wait for theirs)."""
-    from transformers import AutoTokenizer
-
     workers, shard = None, TPShard()
     if config.tensor_parallel_size > 1:
         workers = TPWorkers(config)
@@ -103,7 +101,7 @@ def load_model(config: DecoderConfig) -> LoadedModel:
         if config.torch_device().type == "cpu":
             torch.set_num_threads(rank_threads(config))
     try:
-        runtime = _load(config, shard, AutoTokenizer)
+        runtime = _load(config, shard)
         if workers is not None:
             runtime.tp, runtime.tp_max_blocks = workers, workers.wait_loaded()
         return runtime
@@ -113,7 +111,9 @@ def load_model(config: DecoderConfig) -> LoadedModel:
         raise
 
 
-def _load(config: DecoderConfig, shard: TPShard, AutoTokenizer) -> LoadedModel:
+def _load(config: DecoderConfig, shard: TPShard) -> LoadedModel:
+    from transformers import AutoTokenizer
+
     ckpt = open_checkpoint(config.model)
     device, dtype = config.torch_device(), config.torch_dtype()
     text_config = ckpt.config.get_text_config()

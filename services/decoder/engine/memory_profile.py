@@ -3,7 +3,7 @@
 Before the cache exists, one step of the largest shape the scheduler can make (--max-tokens-per-step
 prompt tokens, --max-num-seqs rows of logits) runs over a scratch cache; the memory it needed beyond the
 weights and that scratch cache is what every later step may need. The cache then gets the rest of
---gpu-memory-fraction of the device. The CPU keeps its fixed budget (--kv-cache-mb).
+--gpu-memory-fraction of the device (kv_cache.num_kv_blocks). The CPU keeps its fixed budget (--kv-cache-mb).
 """
 
 from __future__ import annotations
@@ -12,14 +12,6 @@ import torch
 
 from internvl_serve.decoder.engine.attention import AttentionMetadata
 from internvl_serve.decoder.engine.kv_cache import KVCache, KVCacheSpec
-
-GRAPH_MARGIN_BYTES = 256 << 20  # captured decode graphs' pool and allocator slack, beyond the profiled peak
-
-
-def kv_budget_bytes(total: int, fraction: float, used: int, activation_peak: int, margin: int) -> int:
-    """What the cache may take: the fraction of the device, less what is in use now (weights, CUDA
-    context), the profiled activation peak and a margin."""
-    return int(total * fraction) - used - activation_peak - margin
 
 
 def prefill_step_inputs(num_tokens: int, num_logits: int, block_size: int):

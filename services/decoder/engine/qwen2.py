@@ -18,7 +18,7 @@ from internvl_serve.common.layers import RMSNorm
 from internvl_serve.common.quantization import quantize_linears
 from internvl_serve.decoder.engine.attention import AttentionMetadata, paged_attention
 from internvl_serve.decoder.engine.cpu_linear import use_input_major_linears
-from internvl_serve.decoder.engine.tensor_parallel import TensorSlicer, TPShard, local_heads, shard_state
+from internvl_serve.decoder.engine.tensor_parallel import TensorSlicer, TPShard, local_heads
 
 # RoPE types whose frequencies do not depend on the sequence length up to max_position_embeddings
 # ("dynamic" NTK scaling only changes them beyond it, and longer contexts are refused).
@@ -173,15 +173,12 @@ class Qwen2ForCausalLM(nn.Module):
         device="cpu",
         quant=None,
         shard=None,
-        sliced: bool = False,
     ) -> "Qwen2ForCausalLM":
         """`config` is the InternVLConfig; `state` holds canonical names (Checkpoint.load("language")).
         `quant`: QuantSettings; when enabled, every Linear but lm_head is quantized (as transformers does).
-        `shard`: this rank's TPShard (its slices of `state` are taken here, unless `sliced` already)."""
+        `shard`: this rank's TPShard; `state` then holds its slices (TensorSlicer, shard_state)."""
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config.text_config
         shard = shard or TPShard()
-        if not sliced:
-            state = shard_state(state, text_config, shard)
         with torch.device("meta"):
             model = cls(text_config, shard)
         model.to_empty(device=device)
@@ -206,12 +203,13 @@ class Qwen2ForCausalLM(nn.Module):
         cls, ckpt: Checkpoint, dtype=torch.float32, device="cpu", quant=None, shard=None
     ) -> "Qwen2ForCausalLM":
         """Load only the language model and lm_head tensors of a checkpoint (this rank's slices of them)."""
-        if shard is None or not shard.parallel:
+        shard = shard or TPShard()
+        if not shard.parallel:
             state, _ = ckpt.load("language", dtype=dtype, device=device)
-            return cls.from_state(ckpt.config, state, dtype, device, quant)
-        slicer = TensorSlicer(ckpt.config.get_text_config(), shard)  # one full tensor in host memory at a time
-        state, _ = ckpt.load("language", dtype=dtype, device="cpu", transform=slicer)
-        return cls.from_state(ckpt.config, state, dtype, device, quant, shard, sliced=True)
+        else:  # sliced as read: host memory holds one full tensor at a time, not the whole model
+            slicer = TensorSlicer(ckpt.config.get_text_config(), shard)
+            state, _ = ckpt.load("language", dtype=dtype, device="cpu", transform=slicer)
+        return cls.from_state(ckpt.config, state, dtype, device, quant, shard)
 
 
 def _check_supported(config) -> None:

@@ -96,13 +96,8 @@ class StructuredOutput:
             [(m, i) for i, m in enumerate(matchers)], bitmask.data_ptr(), words * 4, len(rows)
         )
         allowed = ((bitmask.unsqueeze(-1) >> _BITS) & 1).view(len(rows), -1)[:, : self.vocab_size].bool()
-        index = torch.tensor(rows, device=logits.device)
-        vocab = min(logits.shape[-1], self.vocab_size)
-        view = logits[index, :vocab]
-        view.masked_fill_(~allowed[:, :vocab].to(logits.device), float("-inf"))
-        logits[index, :vocab] = view
-        if logits.shape[-1] > self.vocab_size:  # padded vocabulary rows never hold a real token
-            logits[index, self.vocab_size :] = float("-inf")
+        index = torch.tensor(rows, device=logits.device)  # logits are lm_head's output: vocab_size wide
+        logits[index] = logits[index].masked_fill(~allowed.to(logits.device), float("-inf"))
 
 
 def accept(matcher, token: int) -> None:

@@ -113,7 +113,6 @@ class TPWorkers:
     """Ranks 1..N-1, started by rank 0 before it joins the group itself."""
 
     def __init__(self, config: DecoderConfig):
-        self.config = config
         self.init_method = f"tcp://127.0.0.1:{_free_port()}"
         ctx = multiprocessing.get_context("spawn")
         self.conns: list[multiprocessing.connection.Connection] = []
@@ -131,10 +130,6 @@ class TPWorkers:
             log_event(logger, "decoder.tp_worker_started", rank=rank, pid=proc.pid)
         self._closing = False
         self._on_failure: Callable[[str], None] | None = None
-
-    @property
-    def pids(self) -> list[int]:
-        return [p.pid for p in self.procs]
 
     def wait_loaded(self) -> int:
         """Until every worker has its shard; the fewest KV blocks any of them could hold."""

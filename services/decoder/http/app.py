@@ -91,7 +91,7 @@ class OpenAIApi:
     # ---- routes -----------------------------------------------------------------------------------------
 
     async def health(self, request: Request) -> Response:
-        if self.servicer.engine is None or self.servicer.draining.is_set() or not self.is_serving():
+        if not self.is_serving():  # gRPC health: NOT_SERVING while loading, draining, or after a failure
             return JSONResponse({"status": "not_serving"}, status_code=503)
         return JSONResponse({"status": "serving"})
 

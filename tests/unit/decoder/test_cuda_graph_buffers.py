@@ -11,7 +11,8 @@ import torch
 
 from internvl_serve.decoder.engine.attention import AttentionMetadata
 from internvl_serve.decoder.engine.cuda_graphs import DecodeGraphs, bucket_for, graph_buckets, graphable
-from internvl_serve.decoder.engine.memory_profile import kv_budget_bytes, prefill_step_inputs
+from internvl_serve.decoder.engine.kv_cache import kv_budget_bytes
+from internvl_serve.decoder.engine.memory_profile import prefill_step_inputs
 from internvl_serve.decoder.engine.model_runner import ModelRunner, StepInputs
 
 BLOCK = 16
