@@ -34,15 +34,6 @@ CHECK_SHAPE = (8, 1024)  # graph vs eager logits here
 SMOKE = dict(layers=2, batches=[1, 2], contexts=[32, 64])
 
 
-def load_graphs():
-    """The CUDA-graph API, or the reason it is not there (being written beside this check)."""
-    try:
-        from internvl_serve.decoder.engine.cuda_graphs import DecodeGraphs, graph_buckets
-    except ImportError as exc:
-        return None, None, f"cuda_graphs unavailable ({exc})"
-    return DecodeGraphs, graph_buckets, ""
-
-
 def run(ctx: PartContext) -> PartResult:
     from internvl_serve.decoder.engine.model_runner import ModelRunner
 
@@ -63,12 +54,9 @@ def run(ctx: PartContext) -> PartResult:
     cache = kv_cache_for(cfg, num_blocks, ctx.device, dtype)
     eager = ModelRunner(model, cache, ctx.device)
     errors: list[str] = []
-    graphs, graph_note = None, ""
-    DecodeGraphs, graph_buckets, graph_note = load_graphs()
-    if DecodeGraphs is not None and not ctx.cuda:
-        graph_note = "CUDA graphs need CUDA"
-    elif DecodeGraphs is not None:
-        graphs = attempt(errors, "graph capture", lambda: _capture(DecodeGraphs, graph_buckets, model, cache, max_ctx))
+    graphs, graph_note = None, "CUDA graphs need CUDA"
+    if ctx.cuda:
+        graphs = attempt(errors, "graph capture", lambda: _capture(model, cache, max_ctx))
         graph_note = "" if graphs is not None else "capture failed"
     graphed = None
     if graphs is not None:
@@ -134,10 +122,12 @@ def run(ctx: PartContext) -> PartResult:
     return PartResult(ok, headline, figures, "; ".join(errors))
 
 
-def _capture(DecodeGraphs, graph_buckets, model, cache, max_ctx):
+def _capture(model, cache, max_ctx):
+    from internvl_serve.decoder.engine.cuda_graphs import DecodeGraphs
+
     graphs = DecodeGraphs(model, cache, "cuda", max_num_seqs=GRAPH_MAX_SEQS, max_seq_len=max_ctx + GRAPH_SEQ_MARGIN)
     graphs.capture()
-    print(f"captured decode graphs for buckets {graph_buckets(GRAPH_MAX_SEQS)}")
+    print(f"captured decode graphs for buckets {graphs.buckets}")
     return graphs
 
 

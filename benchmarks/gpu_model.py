@@ -11,26 +11,25 @@ from dataclasses import dataclass
 
 import torch
 
-# Qwen2.5-14B (InternVL3-14B's language model): layer shapes and vocabulary.
-QWEN25_14B = dict(
-    hidden_size=5120,
-    num_attention_heads=40,
-    num_key_value_heads=8,
-    intermediate_size=13824,
-    vocab_size=152064,
-    max_position_embeddings=32768,
-    rms_norm_eps=1e-6,
-)
-# The CPU smoke run: the same code at toy sizes.
-TOY = dict(
-    hidden_size=64,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    intermediate_size=128,
-    vocab_size=256,
-    max_position_embeddings=4096,
-    rms_norm_eps=1e-6,
-)
+from internvl_serve.tiny_model.presets import PRESETS
+
+
+def _shape(text, vocab_size: int) -> dict:
+    """A preset's language-model shape as Qwen2Config fields (TextShape has no vocabulary)."""
+    return dict(
+        hidden_size=text.hidden_size,
+        num_attention_heads=text.num_heads,
+        num_key_value_heads=text.num_kv_heads,
+        intermediate_size=text.intermediate_size,
+        vocab_size=vocab_size,
+        max_position_embeddings=text.max_position_embeddings,
+        rms_norm_eps=1e-6,
+    )
+
+
+# Qwen2.5-14B (InternVL3-14B's language model) and its vocabulary; the CPU smoke run's toy sizes.
+QWEN25_14B = _shape(PRESETS["internvl3-14b"].text, 152_064)
+TOY = _shape(PRESETS["tiny"].text, 256)
 BLOCK_SIZE = 16
 
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from report import table
+
 # Dense bf16 tensor-core peaks (TFLOP/s), most specific name first: H100 SXM and H200 share the compute.
 PEAK_BF16_TFLOPS: list[tuple[str, float]] = [
     ("H100 PCIe", 756.0),
@@ -56,9 +58,8 @@ def fmt(value, digits: int = 3) -> str:
 
 
 def markdown_table(headers: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+    """report.table with every cell through fmt (None as "-", floats to 3 significant digits)."""
+    return table(headers, [[fmt(c) for c in row] for row in rows])
 
 
 @dataclass
@@ -79,10 +80,6 @@ class PartResult:
     skipped: str = ""  # non-empty: the part did not run, and why
 
 
-def median(values: list[float]) -> float:
-    return statistics.median(values)
-
-
 def wall_ms(fn: Callable[[], object], cuda: bool, warmup: int = 2, reps: int = 10) -> float:
     """Median wall time of fn() in ms, the device synchronised after each call (launches and host work
     included: what a serving step costs)."""
@@ -101,7 +98,7 @@ def wall_ms(fn: Callable[[], object], cuda: bool, warmup: int = 2, reps: int = 1
         fn()
         sync()
         times.append((time.perf_counter() - start) * 1e3)
-    return median(times)
+    return statistics.median(times)
 
 
 def init_random_(module, std: float = 0.02, seed: int = 0) -> None:

@@ -20,26 +20,11 @@ BATCHES = [1, 8, 32]
 SMOKE_BATCHES = [1, 2]
 
 
-class ShapeOnlyTokenizer:
-    """What tiny_model.writer.build_config reads of a tokenizer, for a config of shapes only (no vocab)."""
-
-    context_image_token_id = 1
-
-    def __init__(self, vocab_size: int):
-        self.vocab_size = vocab_size
-
-    def __len__(self) -> int:
-        return self.vocab_size
-
-    def convert_tokens_to_ids(self, token: str) -> int:
-        return 2
-
-
 def preset_config(preset: str, vocab_size: int = 152064):
     """The InternVLConfig make-tiny-model writes for a preset (shapes, norms, downsampling), without
     training its tokenizer."""
     from internvl_serve.tiny_model.presets import PRESETS
-    from internvl_serve.tiny_model.writer import build_config
+    from internvl_serve.tiny_model.writer import ShapeOnlyTokenizer, build_config
 
     return build_config(PRESETS[preset], ShapeOnlyTokenizer(vocab_size))
 

@@ -14,12 +14,11 @@ per 256 blocks). Writes bench_out/quant_memory.json and the "quant_memory" secti
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from report import table, write_json, write_section
+from report import logged_event, rss_bytes, table, write_json, write_section
 
 from internvl_serve.stack.processes import ServiceProcess
 from internvl_serve.tiny_model.presets import PRESETS, TextShape, VisionShape
@@ -38,27 +37,22 @@ SIZES = {
 VOCAB = 151_674  # the released tokenizer's size
 
 
-class _Tokenizer:
-    """What build_config asks of a tokenizer, for shapes only."""
+def meta_model(vision: VisionShape, text: TextShape):
+    """transformers' model with these shapes on the meta device (no memory), and its text config."""
+    import torch
+    from transformers import InternVLForConditionalGeneration
 
-    context_image_token_id = 151_667
+    from internvl_serve.tiny_model.writer import ShapeOnlyTokenizer, build_config
 
-    def __len__(self) -> int:
-        return VOCAB
-
-    def convert_tokens_to_ids(self, token: str) -> int:
-        return 151_645
+    config = build_config(replace(PRESETS["internvl3-14b"], vision=vision, text=text), ShapeOnlyTokenizer(VOCAB))
+    with torch.device("meta"):
+        return InternVLForConditionalGeneration(config), config.text_config
 
 
 def computed(name: str, vision: VisionShape, text: TextShape) -> dict:
     import torch
-    from transformers import InternVLForConditionalGeneration
 
-    from internvl_serve.tiny_model.writer import build_config
-
-    config = build_config(replace(PRESETS["internvl3-14b"], vision=vision, text=text), _Tokenizer())
-    with torch.device("meta"):
-        model = InternVLForConditionalGeneration(config)
+    model, _ = meta_model(vision, text)
     quantized, rows, other = 0, 0, 0
     for module_name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear) and module_name != "lm_head":
@@ -77,20 +71,6 @@ def computed(name: str, vision: VisionShape, text: TextShape) -> dict:
     }
 
 
-def rss_bytes(pid: int) -> int:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def logged(log: Path, event: str) -> dict:
-    for line in log.read_text(errors="replace").splitlines():
-        if f'"event": "{event}"' in line:
-            return json.loads(line)
-    return {}
-
-
 def measured(model: str, work: Path) -> list[dict]:
     """Each service on the bench preset in fp32, int8 and 4-bit: resident memory once SERVING."""
     rows = []
@@ -106,7 +86,7 @@ def measured(model: str, work: Path) -> list[dict]:
                 rss = rss_bytes(proc.proc.pid)
             finally:
                 proc.stop()
-            info = logged(log, event)
+            info = logged_event(log, event)
             rows.append({"service": service, "mode": mode, "rss_mib": round(rss / MiB), "log": info})
     return rows
 

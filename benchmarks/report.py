@@ -50,3 +50,23 @@ def table(headers: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def rss_bytes(pid: int) -> int:
+    """A process's resident memory (Linux /proc), 0 when unknown."""
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def logged_event(log: Path, event: str) -> dict:
+    """The last JSON log line of `event` in a service's log ({} if none)."""
+    found = {}
+    for line in log.read_text(errors="replace").splitlines():
+        if f'"event": "{event}"' in line:
+            try:
+                found = json.loads(line)
+            except ValueError:
+                pass
+    return found

@@ -15,8 +15,9 @@ What is counted, as the services place it:
   the meta device (as quant_memory.py does).
 - KV cache per token and GPU: 2 (K and V) x layers x K/V heads on the rank x head_dim x 2 bytes.
 - Memory for the KV cache on each GPU: the decoder's own rule (decoder/engine/kv_cache.py) with its defaults,
-  --gpu-memory-fraction (0.90) of the card, minus the weights, the CUDA context (assumed 0.5 GiB) and the
-  decoder's activation headroom (1 GiB); the other 10% stays free for NCCL buffers, CUDA graphs and the
+  --gpu-memory-fraction (0.90) of the card, minus the weights, the CUDA context (assumed 0.5 GiB), the
+  decoder's fixed activation headroom (1 GiB; a one-GPU decoder measures its peak instead) and the CUDA-graph
+  margin (256 MiB); the other 10% stays free for NCCL buffers, CUDA graphs and the
   allocator. Card sizes as CUDA reports them: H100 80 GB 81,559 MiB, H200 141 GB 143,771 MiB.
 - "TP needed": the smallest tensor-parallel size that leaves KV cache for at least one sequence of the
   model's full context (max_position_embeddings, 32,768 tokens).
@@ -25,10 +26,9 @@ What is counted, as the services place it:
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 from pathlib import Path
 
-from quant_memory import SIZES, _Tokenizer
+from quant_memory import SIZES, meta_model
 from report import ROOT, table, write_json, write_section
 
 from internvl_serve.tiny_model.presets import PRESETS, TextShape
@@ -46,26 +46,21 @@ MODELS = {
 }
 
 
-def meta_model(vision, text):
-    """transformers' model with these shapes on the meta device (no memory), and its text config."""
-    import torch
-    from transformers import InternVLForConditionalGeneration
-
-    from internvl_serve.tiny_model.writer import build_config
-
-    config = build_config(replace(PRESETS["internvl3-14b"], vision=vision, text=text), _Tokenizer())
-    with torch.device("meta"):
-        return InternVLForConditionalGeneration(config), config.text_config
-
-
 def _is_language_model(name: str) -> bool:
     return ".language_model." in f".{name}" or name.startswith("lm_head.")
 
 
 def sizing(name: str, vision, text) -> dict:
+    import torch
+
     from internvl_serve.common.config_fields import field_default
     from internvl_serve.decoder.config import DecoderConfig
-    from internvl_serve.decoder.engine.kv_cache import FIXED_ACTIVATION_HEADROOM_BYTES
+    from internvl_serve.decoder.engine.kv_cache import (
+        FIXED_ACTIVATION_HEADROOM_BYTES,
+        GRAPH_MARGIN_BYTES,
+        KVCacheSpec,
+        kv_budget_bytes,
+    )
     from internvl_serve.decoder.engine.tensor_parallel import TPShard, local_heads, shard_state, tp_problems
 
     model, text_config = meta_model(vision, text)
@@ -93,9 +88,14 @@ def sizing(name: str, vision, text) -> dict:
                 continue
             shard = TPShard(0, size)
             weights = BF16 * sum(t.numel() for t in shard_state(language, text_config, shard).values())
-            kv_per_token = 2 * text.num_layers * local_heads(text_config, shard).num_kv_heads * head_dim * BF16
-            budget = int(capacity * fraction) - weights - CUDA_CONTEXT_BYTES - FIXED_ACTIVATION_HEADROOM_BYTES
-            tokens = max(budget, 0) // (kv_per_token * block) * block
+            # The decoder's own rule (kv_cache.num_kv_blocks), with weights and the CUDA context as "in use".
+            spec = KVCacheSpec.for_model(
+                text_config, block, torch.bfloat16, local_heads(text_config, shard).num_kv_heads
+            )
+            kv_per_token = spec.bytes_per_block // block
+            in_use = weights + CUDA_CONTEXT_BYTES
+            budget = kv_budget_bytes(capacity, fraction, in_use, FIXED_ACTIVATION_HEADROOM_BYTES, GRAPH_MARGIN_BYTES)
+            tokens = max(budget, 0) // spec.bytes_per_block * block
             options.append(
                 {
                     "tp": size,

@@ -14,7 +14,6 @@ bench_out/soak.json and the "soak" section of docs/benchmarks.md. Targets: 0 non
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import statistics
 import tempfile
@@ -22,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-from report import table, write_json, write_section
+from report import logged_event, rss_bytes, table, write_json, write_section
 from soak_clients import KINDS, SoakClients
 
 from internvl_serve.stack.processes import RedisProcess, ServiceProcess
@@ -35,13 +34,6 @@ SCHEDULE = [
     (0.60, "encoder A restarted"),
     (0.70, "decoder A drained (SIGTERM) and restarted"),
 ]
-
-
-def rss_bytes(pid: int) -> int:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 class Stack:
@@ -95,7 +87,7 @@ class Stack:
             old = self.decoders["A"]
             old.proc.send_signal(signal.SIGTERM)
             extra["drained_exit_code"] = old.proc.wait(120)
-            extra["drain_log"] = last_event(self.work / "decoder-A.log", "decoder_draining")
+            extra["drain_log"] = logged_event(self.work / "decoder-A.log", "decoder_draining")
             self.decoders["A"] = self._decoder("A2", port=old.port)
             self.decoders["A"].wait_healthy(300)
         return {"fault": what, "monotonic": started, "took_s": round(time.monotonic() - started, 2), **extra}
@@ -105,22 +97,11 @@ class Stack:
         b = self.decoders["B"]
         b.proc.send_signal(signal.SIGTERM)
         b.proc.wait(120)
-        report = last_event(self.work / "decoder-B.log", "decoder_draining")
+        report = logged_event(self.work / "decoder-B.log", "decoder_draining")
         for p in [*self.decoders.values(), *self.encoders.values()]:
             p.stop()
         self.redis.stop()
         return report
-
-
-def last_event(log: Path, event: str) -> dict:
-    found = {}
-    for line in log.read_text(errors="replace").splitlines():
-        if f'"event": "{event}"' in line:
-            try:
-                found = json.loads(line)
-            except ValueError:
-                pass
-    return found
 
 
 def main() -> int:

@@ -42,7 +42,6 @@ class ServiceServer:
         self.draining = asyncio.Event()
         self.failed = asyncio.Event()  # set by fail(): serve_until_signal then stops the service, exit 1
         self.failure: str | None = None
-        self.serving = False  # answered SERVING (a stop then gives clients the drain notice)
         self._owns_telemetry = telemetry is None
         prometheus = config.metrics_port is not None
         self.telemetry = telemetry or setup_telemetry(settings=config.telemetry, prometheus=prometheus)
@@ -93,7 +92,6 @@ class ServiceServer:
                 await self._shutdown_telemetry()
             raise
         await self.health.set(True)
-        self.serving = True
         log_event(
             self.log,
             f"{self.kind}_serving",
@@ -111,8 +109,9 @@ class ServiceServer:
         try:
             # NOT_SERVING first, still answering: clients' health watches move new calls to other replicas
             # during the notice, so no call is refused while another replica is up.
+            was_serving = self.health.serving  # only clients that saw SERVING need the drain notice
             await self.health.set(False)
-            if self.config.drain_notice_s > 0 and self.serving:
+            if self.config.drain_notice_s > 0 and was_serving:
                 await asyncio.sleep(self.config.drain_notice_s)
             self.draining.set()
             await self.drain(self.config.grace_s if grace_s is None else grace_s)
@@ -134,7 +133,7 @@ class ServiceServer:
             return
         self.failure = reason
         log_event(self.log, f"{self.kind}_failed", logging.ERROR, reason=reason)
-        asyncio.get_running_loop().create_task(self.health.set(False))
+        self._failing = asyncio.get_running_loop().create_task(self.health.set(False))  # held: not collected early
         self.failed.set()
 
     async def _stop_metrics(self) -> None:

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from internvl_serve.common.config_fields import field_env
+from internvl_serve.decoder.config import DecoderConfig
 from internvl_serve.stack.healthcheck import check
 from internvl_serve.stack.processes import RedisProcess, ServiceProcess
 from internvl_serve.stack.progress import Progress, last_event, tail
@@ -40,9 +42,13 @@ def stopped_cleanly(code: int | None) -> bool:
     return code in (0, None, -signal.SIGTERM)
 
 
-def _metrics_flag(port: int | None) -> list[str]:
-    """Always explicit when on: $INTERNVL_METRICS_PORT, inherited by both children, would give them one port."""
-    return [] if port is None else ["--metrics-port", str(port)]
+# Ports `up` chooses for each child itself: their variables, inherited from up's environment, must not reach
+# the children (one $INTERNVL_METRICS_PORT would give both the same port; $INTERNVL_HTTP_PORT would undo --no-http).
+_UP_MANAGED_ENV = tuple(field_env(DecoderConfig, name) for name in ("metrics_port", "http_port"))
+
+
+def _port_flag(flag: str, port: int | None) -> list[str]:
+    return [] if port is None else [flag, str(port)]
 
 
 class StackFailed(RuntimeError):
@@ -127,11 +133,11 @@ class LocalStack:
         ]
         cache = ["--redis-url", c.redis_url] if c.redis_url else []
         encoder = ["--model", c.model_dir, "--host", c.host, "--num-threads", str(c.encoder_threads)]
-        encoder += _metrics_flag(c.encoder_metrics_port)
+        encoder += _port_flag("--metrics-port", c.encoder_metrics_port)
         self._spawn("encoder", c.encoder_port, [*encoder, *cache, *common])
         decoder = ["--model", c.model_dir, "--host", c.host, "--num-threads", str(c.decoder_threads)]
-        decoder += _metrics_flag(c.decoder_metrics_port)
-        decoder += [] if c.http_port is None else ["--http-port", str(c.http_port)]
+        decoder += _port_flag("--metrics-port", c.decoder_metrics_port)
+        decoder += _port_flag("--http-port", c.http_port)
         self._spawn("decoder", c.decoder_port, [*decoder, "--encoder", c.encoder_address, *cache, *common])
         self._wait_all_healthy(should_stop)
 
@@ -158,7 +164,9 @@ class LocalStack:
     def _spawn(self, name: str, port: int, args: list[str]) -> None:
         # The environment is inherited: OTEL_EXPORTER_OTLP_ENDPOINT etc. reach both services (their default
         # OTEL service names are internvl-encoder / internvl-decoder).
-        self.services[name] = ServiceProcess(name, args, port=port, log_path=self.logs[name], own_group=True)
+        self.services[name] = ServiceProcess(
+            name, args, port=port, log_path=self.logs[name], own_group=True, drop_env=_UP_MANAGED_ENV
+        )
         self.progress.line(f"{name} loading on {self.config.address(port)}… (log: {self.logs[name]})")
 
     def _wait_all_healthy(self, should_stop: Callable[[], bool]) -> None:

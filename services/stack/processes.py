@@ -138,6 +138,7 @@ class ServiceProcess:
         port: int | None = None,
         log_path: Path | None = None,
         env: dict[str, str] | None = None,
+        drop_env: tuple[str, ...] = (),
         own_group: bool = False,
     ):
         self.port = port or free_port()
@@ -148,7 +149,7 @@ class ServiceProcess:
             [*argv, command, *args, "--port", str(self.port)],
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
+            env={k: v for k, v in {**os.environ, **(env or {})}.items() if k not in drop_env},
             **own_group_options(own_group),
         )
 

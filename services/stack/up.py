@@ -105,7 +105,7 @@ def add_up(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--http-port",
         type=int,
-        default=os.environ.get(http_env),
+        default=_service_default("http_port"),
         metavar="N",
         help=f"the decoder's OpenAI-compatible HTTP API (docs/openai.md; default ${http_env}, else "
         f"{DEFAULT_HTTP_PORT}, or a free port when that is busy)",
@@ -115,7 +115,7 @@ def add_up(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--metrics-port",
         type=int,
-        default=os.environ.get(metrics_env),
+        default=_service_default("metrics_port"),
         metavar="N",
         help=f"serve Prometheus /metrics: the decoder's on N, the encoder's on N+1 (0 picks free ports; "
         f"default ${metrics_env}, else off)",
@@ -229,9 +229,7 @@ def _choose_ports(args: argparse.Namespace, progress: Progress) -> dict[str, int
     if not args.no_redis:
         wanted.append(("redis", args.redis_port, DEFAULT_REDIS_PORT, "--redis-port"))
     if not args.no_http:
-        wanted.append(
-            ("http", None if args.http_port is None else int(args.http_port), DEFAULT_HTTP_PORT, "--http-port")
-        )
+        wanted.append(("http", args.http_port, DEFAULT_HTTP_PORT, "--http-port"))
     wanted += metrics_ports_wanted(args.metrics_port, args.encoder_metrics_port)
     # Explicit ports first, so a default never takes a port the user named for another service.
     wanted.sort(key=lambda w: w[1] is None)

@@ -16,6 +16,22 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 _BICUBIC = 3
 
 
+class ShapeOnlyTokenizer:
+    """What build_config reads of a tokenizer, for a config of shapes only (benchmarks that build a model on
+    the meta device): the vocabulary size; the special ids are stand-ins."""
+
+    context_image_token_id = 1
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def convert_tokens_to_ids(self, token: str) -> int:
+        return 2
+
+
 def build_config(preset: Preset, tokenizer):
     from transformers import InternVLConfig, InternVLVisionConfig, Qwen2Config
 

@@ -6,15 +6,17 @@ from __future__ import annotations
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from internvl_serve.stack.ports import is_free
 from internvl_serve.stack.processes import RedisProcess as RedisServer
 from internvl_serve.stack.processes import free_port
+
+HOST = "127.0.0.1"
 
 __all__ = ["RedisClusterServers", "RedisSentinelServers", "RedisServer", "free_port", "wait_until"]
 
@@ -34,20 +36,11 @@ def wait_until(predicate: Callable[[], object], timeout_s: float, what: str, int
     raise TimeoutError(f"{what}: not within {timeout_s:.0f}s" + (f" (last error: {last!r})" if last else ""))
 
 
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def free_cluster_port(taken: set[int]) -> int:
     """A port P below 55535 where P and its cluster bus port P+10000 are both free (and not in `taken`)."""
     for _ in range(500):
         port = random.randrange(20_000, 45_000)
-        if not {port, port + 10_000} & taken and _free(port) and _free(port + 10_000):
+        if not {port, port + 10_000} & taken and is_free(HOST, port) and is_free(HOST, port + 10_000):
             return port
     raise RuntimeError("no free port pair for a cluster node")
 
